@@ -1,0 +1,213 @@
+"""cacheaddon: a caching proxy for package registries, as a mitmproxy addon.
+
+    mitmdump -s cacheaddon/addon.py            (or: cacheaddon run)
+
+Design, in short. mitmproxy cannot time out an upstream, ignores a response set in its error hook, and
+(with connection_strategy=eager) drops clients of a dead upstream before any hook runs. So for every
+cacheable request to a cached host (GET/HEAD) this addon decides in the `request` hook and performs the
+upstream request itself (httpx, with connect and read timeouts) instead of letting mitmproxy do it:
+
+  * a fresh entry is answered from the cache without touching the upstream (HIT);
+  * a stale entry is revalidated with its validators; 304 refreshes it (REVALIDATED); a new body replaces it;
+  * any upstream failure (refused, DNS, TLS, no byte for cache_upstream_timeout seconds, 5xx, a body cut
+    short) is answered from the entry, however stale (STALE), and puts the host in back-off: for
+    cache_upstream_backoff seconds its stale entries are served at once while one background request probes;
+  * a miss is fetched and streamed to the client while it is written to the cache; it is stored only if it
+    arrived whole.
+Bodies mitmproxy would otherwise hold in memory (large hits, streamed misses) are served by a loopback relay
+inside mitmproxy's own event loop (relay.py). Other requests (other methods, other hosts) are left to
+mitmproxy. Disk work runs in a small thread pool; connection_strategy is forced to lazy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from cacheaddon import policy, responses, settings
+from cacheaddon.health import HostHealth
+from cacheaddon.relay import Relay
+from cacheaddon.service import CacheService, Reply
+from cacheaddon.store import Store, StoreError
+from cacheaddon.upstream import Upstream, tls_context
+
+logger = logging.getLogger(__name__)
+
+_META = "cacheaddon"  # flow.metadata key: {"url": original URL, "outcome": ..., "detail": ...}
+_UPSTREAM_OPTIONS = {
+    "cache_upstream_timeout",
+    "ssl_insecure",
+    "ssl_verify_upstream_trusted_ca",
+    "ssl_verify_upstream_trusted_confdir",
+}
+
+
+def _headers(request: http.Request) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, value in request.headers.items(multi=True):
+        name = name.lower()
+        fields[name] = f"{fields[name]}, {value}" if name in fields else value
+    return fields
+
+
+def _client_ip(flow: http.HTTPFlow) -> str:
+    return str(flow.client_conn.peername[0]) if flow.client_conn.peername else ""
+
+
+class CacheAddon:
+    def __init__(self) -> None:
+        self.settings: settings.Settings | None = None
+        self.store: Store | None = None
+        self.upstream: Upstream | None = None
+        self.service: CacheService | None = None
+        self.relay = Relay()
+        self.health = HostHealth()
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="cacheaddon-disk")
+
+    def load(self, loader: Any) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at info
+        for name, typespec, default, help_text in settings.OPTIONS:
+            loader.add_option(name, typespec, default, help_text)
+
+    def configure(self, updated: set[str]) -> None:
+        if ctx.options.connection_strategy != "lazy":
+            # eager connects upstream before any hook runs, so a dead registry would drop clients the cache
+            # could have answered.
+            logger.info("cacheaddon: using connection_strategy=lazy (needed to answer from the cache during outages)")
+            ctx.options.update(connection_strategy="lazy")
+        if not updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS) and self.service is not None:
+            return
+        try:
+            new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        old, self.settings = self.settings, new
+        if old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit) or self.store is None:
+            try:
+                store = Store(new.cache_dir, new.size_limit)
+            except StoreError as exc:
+                raise exceptions.OptionsError(f"cache_dir: {exc}") from None
+            if self.store is not None:
+                self.store.close()
+            self.store = store
+        if self.upstream is None or updated & _UPSTREAM_OPTIONS:
+            verify = tls_context(
+                ctx.options.ssl_insecure,
+                ctx.options.ssl_verify_upstream_trusted_ca,
+                ctx.options.ssl_verify_upstream_trusted_confdir,
+            )
+            old_upstream, self.upstream = self.upstream, Upstream(new.upstream_timeout, verify)
+            if old_upstream is not None:
+                _close_later(old_upstream)
+        self.service = CacheService(new, self.store, self.upstream, self.health, self.pool)
+
+    async def running(self) -> None:
+        await self.relay.start()
+
+    async def done(self) -> None:
+        await self.relay.close()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        if self.store is not None:
+            self.store.close()
+        self.pool.shutdown(wait=False)
+
+    def _refusal(self, flow: http.HTTPFlow) -> str | None:
+        """Why this client or destination is refused, if it is (not an open proxy; optional egress firewall)."""
+        assert self.settings is not None
+        ip = _client_ip(flow)
+        if not self.settings.is_allowed_client(ip):
+            return f"client {ip} is not in cache_allow_clients"
+        if self.settings.strict_hosts and not self.settings.is_cached_host(flow.request.host, flow.request.port):
+            return f"{flow.request.host}:{flow.request.port} is not in cache_hosts (cache_strict_hosts)"
+        return None
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or self.settings is None:
+            return
+        refusal = self._refusal(flow)
+        if refusal:
+            logger.warning("refused CONNECT from %s: %s", _client_ip(flow), refusal)
+            flow.response = responses.forbidden(refusal)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self.settings is None or self.service is None:
+            return
+        refusal = self._refusal(flow)
+        if refusal:
+            logger.warning("refused %s %s from %s: %s", flow.request.method, flow.request.url, _client_ip(flow), refusal)
+            flow.response = responses.forbidden(refusal)
+            return
+        req = flow.request
+        if not self.settings.is_cached_host(req.host, req.port):
+            return
+        view = policy.RequestView(
+            req.method, policy.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
+        )
+        why_not = policy.request_cacheability(view)
+        if why_not is not None:
+            if self.settings.offline:
+                detail = f"offline: {why_not}"
+                self._apply(flow, Reply(policy.Outcome.MISS, detail, responses.error(504, req.url, detail)))
+            else:
+                flow.metadata[_META] = {"url": req.url, "outcome": policy.Outcome.MISS, "detail": why_not}
+            return
+        self._apply(flow, await self.service.answer(view, req.url, req.host))
+
+    def _apply(self, flow: http.HTTPFlow, reply: Reply) -> None:
+        flow.metadata[_META] = {"url": flow.request.url, "outcome": reply.outcome, "detail": reply.detail}
+        if reply.response is not None:
+            flow.response = reply.response
+            return
+        assert reply.job is not None
+        if not flow.live:  # the client left while we worked
+            reply.discard()
+            return
+        token = self.relay.register(reply.job)
+        flow.metadata[_META]["relay"] = True
+        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
+        flow.request.path = "/" + token
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(_META)
+        if meta is None or flow.response is None:
+            return
+        if meta.get("relay"):
+            flow.response.stream = True
+        elif "x-cache" not in flow.response.headers:  # passed through: say so before any byte streams
+            for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
+                flow.response.headers[name] = value
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(_META)
+        if meta is None or flow.response is None:
+            return
+        if meta.get("relay"):
+            flow.request.url = meta["url"]  # logs and other addons see the real URL, not the relay's
+        elif "x-cache" not in flow.response.headers:
+            for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
+                flow.response.headers[name] = value
+        size = flow.response.headers.get("content-length", "-")
+        logger.info("%s %s %s %s", flow.response.headers.get("x-cache", "-"), flow.response.status_code, size, meta["url"])
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(_META)
+        if meta is None:
+            return
+        if meta.get("relay"):
+            flow.request.url = meta["url"]
+        logger.warning("%s failed %s: %s", meta["outcome"].value, meta["url"], flow.error)
+
+
+def _close_later(upstream: Upstream) -> None:
+    try:
+        asyncio.get_running_loop().create_task(upstream.aclose())
+    except RuntimeError:  # no loop yet: nothing was opened
+        pass
+
+
+addons = [CacheAddon()]

@@ -1,0 +1,237 @@
+"""Pure cache decisions: keys, cacheability, freshness and what to do with a request. No I/O, no clock."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from fnmatch import fnmatchcase
+from urllib.parse import urlsplit
+
+from cacheaddon.entry import Entry
+from cacheaddon.settings import Settings
+
+# RFC 9110 7.6.1 plus the proxy-only fields: never stored, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Request fields that make an answer private to whoever sent them (npm's _authToken is a Bearer Authorization).
+CREDENTIAL_HEADERS = ("authorization", "cookie", "x-nuget-apikey", "private-token", "x-jfrog-art-api")
+# Always part of the key: registries negotiate on them without always saying so in Vary (npm does not).
+KEYED_HEADERS = ("accept", "accept-encoding")
+STORABLE_STATUS = frozenset({200, 203, 300, 301, 308})
+NEGATIVE_STATUS = frozenset({404, 410})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+class Outcome(enum.Enum):
+    """Exactly the X-Cache values."""
+
+    HIT = "HIT"
+    MISS = "MISS"
+    REVALIDATED = "REVALIDATED"
+    STALE = "STALE"
+
+
+class Action(enum.Enum):
+    SERVE = "serve"  # answer from the entry
+    FETCH = "fetch"  # ask the upstream (conditionally when the entry has validators)
+    OFFLINE_MISS = "offline-miss"  # 504 naming the URL
+    PASS = "pass"  # not ours to cache: let mitmproxy forward it untouched
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    outcome: Outcome
+    reason: str  # the X-Cache-Detail text
+    probe: bool = False  # also revalidate in the background (host in back-off)
+
+
+@dataclass(frozen=True)
+class RequestView:
+    method: str
+    url: str  # normalized, see normalize_url
+    headers: Mapping[str, str]  # lower-case names, repeated fields joined with ", "
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name, "")
+
+
+def normalize_url(scheme: str, host: str, port: int, path: str) -> str:
+    """scheme://host[:port]/path?query with the host lower-cased, the default port dropped and
+    percent-escapes made canonical, so that one resource has one key."""
+    scheme = scheme.lower()
+    host = host.lower().rstrip(".")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    netloc = host if DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+    path, sep, query = (path if path.startswith("/") else "/" + path).partition("?")
+    path = _PCT.sub(_canonical_escape, path.split("#", 1)[0])
+    query = _PCT.sub(_canonical_escape, query.split("#", 1)[0])
+    return f"{scheme}://{netloc}{path}{sep}{query}"
+
+
+def _canonical_escape(match: re.Match[str]) -> str:
+    """RFC 3986 6.2.2: escapes of unreserved characters decoded, the others upper-cased (%2f stays escaped)."""
+    char = chr(int(match[1], 16))
+    return char if char in _UNRESERVED else "%" + match[1].upper()
+
+
+def _norm_value(value: str) -> str:
+    return ",".join(part.strip() for part in value.lower().split(",") if part.strip())
+
+
+def credential_fingerprint(headers: Mapping[str, str], salt: bytes) -> str:
+    """A salted hash of the request's credentials, or '' when it has none; never the credential itself."""
+    present = [(name, headers[name]) for name in CREDENTIAL_HEADERS if headers.get(name)]
+    if not present:
+        return ""
+    digest = hashlib.sha256(salt)
+    for name, value in present:
+        digest.update(f"\0{name}\0{value}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def cache_key(request: RequestView, salt: bytes) -> str:
+    keyed = " ".join(f"{name}={_norm_value(request.header(name))}" for name in KEYED_HEADERS)
+    owner = credential_fingerprint(request.headers, salt)
+    return f"{request.url} {keyed}" + (f" cred={owner}" if owner else "")
+
+
+def vary_names(vary_header: str) -> tuple[str, ...] | None:
+    """The request fields a response varies on beyond the keyed ones; None for Vary: * (never storable)."""
+    names = tuple(dict.fromkeys(n.strip().lower() for n in vary_header.split(",") if n.strip()))
+    if "*" in names:
+        return None
+    return tuple(n for n in names if n not in KEYED_HEADERS)
+
+
+def vary_values(names: tuple[str, ...], request: RequestView) -> tuple[tuple[str, str], ...]:
+    return tuple((name, _norm_value(request.header(name))) for name in names)
+
+
+def vary_matches(entry: Entry, request: RequestView) -> bool:
+    return all(_norm_value(request.header(name)) == value for name, value in entry.vary)
+
+
+def request_cacheability(request: RequestView) -> str | None:
+    """None when the cache may answer this request, else why not (the X-Cache-Detail of a pass-through)."""
+    if request.method not in ("GET", "HEAD"):
+        return f"not cacheable: method {request.method}"
+    if "range" in request.headers:
+        return "not cacheable: range request"
+    return None
+
+
+def storability(
+    status: int, headers: Mapping[str, str], content_length: int | None, settings: Settings
+) -> str | None:
+    """None when a response may be stored, else why not. Cache-Control is ignored on purpose."""
+    if status not in STORABLE_STATUS and status not in NEGATIVE_STATUS:
+        return f"not stored: status {status}"
+    if vary_names(headers.get("vary", "")) is None:
+        return "not stored: Vary: *"
+    if "content-range" in headers:
+        return "not stored: partial content"
+    if content_length is not None and content_length > settings.max_object_size:
+        return f"not stored: larger than cache_max_object_size ({content_length} bytes)"
+    return None
+
+
+def is_immutable(url: str, settings: Settings) -> bool:
+    path = urlsplit(url).path
+    return any(fnmatchcase(path, pattern) for pattern in settings.immutable)
+
+
+def age(entry: Entry, now: float) -> int:
+    return max(0, int(now - entry.stored_at))
+
+
+def is_fresh(entry: Entry, now: float, settings: Settings) -> bool:
+    if entry.status in NEGATIVE_STATUS:
+        return age(entry, now) < settings.negative_ttl
+    if is_immutable(entry.url, settings):
+        return True
+    return age(entry, now) < settings.ttl
+
+
+def decide(
+    request: RequestView,
+    entry: Entry | None,
+    now: float,
+    settings: Settings,
+    host_backing_off: bool,
+) -> Decision:
+    """What to do with a cacheable request, given what the store holds for its key."""
+    if entry is not None and not vary_matches(entry, request):
+        entry = None
+    if entry is None:
+        if settings.offline:
+            return Decision(Action.OFFLINE_MISS, Outcome.MISS, "offline: not in cache")
+        return Decision(Action.FETCH, Outcome.MISS, "miss")
+    if is_fresh(entry, now, settings):
+        return Decision(Action.SERVE, Outcome.HIT, "fresh" if settings.offline is False else "fresh, offline")
+    if settings.offline:
+        return Decision(Action.SERVE, Outcome.STALE, "stale: offline mode")
+    if host_backing_off and settings.stale_on_error:
+        return Decision(Action.SERVE, Outcome.STALE, "stale: upstream failing recently", probe=True)
+    return Decision(Action.FETCH, Outcome.REVALIDATED, "stale: revalidating")
+
+
+def on_failure(entry: Entry | None, failure: str, settings: Settings) -> Decision | None:
+    """After the upstream failed: the stale answer to serve, or None when the client gets the error."""
+    if entry is not None and settings.stale_on_error:
+        return Decision(Action.SERVE, Outcome.STALE, f"stale: upstream {failure}")
+    return None
+
+
+def conditional_headers(entry: Entry | None) -> dict[str, str]:
+    """Validators to revalidate a stale entry with (RFC 9111 4.3.1)."""
+    if entry is None or entry.status not in STORABLE_STATUS:
+        return {}
+    headers = {}
+    if entry.etag:
+        headers["if-none-match"] = entry.etag
+    if entry.last_modified:
+        headers["if-modified-since"] = entry.last_modified
+    return headers
+
+
+def _strip_weak(tag: str) -> str:
+    return tag.strip().removeprefix("W/")
+
+
+def client_has_current(entry: Entry, request: RequestView) -> bool:
+    """Whether the client's own conditional request matches the entry, so a 304 answers it (RFC 9110 13.1)."""
+    if entry.status not in STORABLE_STATUS:
+        return False
+    inm = request.header("if-none-match")
+    if inm:
+        if inm.strip() == "*":
+            return True
+        etag = entry.etag
+        return etag is not None and _strip_weak(etag) in {_strip_weak(t) for t in inm.split(",")}
+    ims, lm = request.header("if-modified-since"), entry.last_modified
+    if ims and lm:
+        try:
+            return parsedate_to_datetime(lm) <= parsedate_to_datetime(ims)
+        except (TypeError, ValueError):
+            return False
+    return False

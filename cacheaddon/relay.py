@@ -1,0 +1,130 @@
+"""A loopback HTTP/1.1 server inside mitmproxy's event loop that serves bodies mitmproxy cannot stream.
+
+mitmproxy can only stream a body that arrives from a server; a body an addon sets is held in memory whole
+(MITMPROXY-NOTES.md). For a large cached file, or a download being stored while it streams, the request hook
+registers a job here and re-points the flow at http://127.0.0.1:<port>/<token>; mitmproxy then streams our
+answer to the client like any upstream's (the addon sets `stream = True`). Cost: one loopback connection per
+client connection and one extra copy through the kernel; a 100 MB hit peaked at ~76 MB RSS (notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
+
+_HEAD_LIMIT = 64 * 1024
+_IDLE = 120.0  # seconds an idle keep-alive connection from mitmproxy is kept
+_JOB_TTL = 60.0  # seconds a registered job waits for mitmproxy to ask for it
+
+
+@dataclass
+class Job:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]  # sent as given; Content-Length must be among them for file jobs
+    file: BinaryIO | None = None  # serve [offset, offset+length) of this open file with sendfile
+    offset: int = 0
+    length: int = 0
+    stream: AsyncIterator[bytes] | None = None  # or relay these chunks as they arrive
+    on_close: Callable[[], Awaitable[None]] | None = None  # always called once the job ends
+
+
+class Relay:
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for token in list(self._jobs):
+            await self._finish(self._jobs.pop(token))
+
+    def register(self, job: Job) -> str:
+        token = secrets.token_urlsafe(24)
+        self._jobs[token] = job
+        # A flow that never reaches us (the client went away) must not pin an upstream stream for ever.
+        asyncio.get_running_loop().call_later(_JOB_TTL, self._expire, token)
+        return token
+
+    def _expire(self, token: str) -> None:
+        job = self._jobs.pop(token, None)
+        if job is not None:
+            asyncio.get_running_loop().create_task(self._finish(job))
+
+    async def _finish(self, job: Job) -> None:
+        if job.file is not None:
+            job.file.close()
+        if job.stream is not None and hasattr(job.stream, "aclose"):
+            await job.stream.aclose()
+        if job.on_close is not None:
+            await job.on_close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                    return
+                method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+                token = rest.split(" ", 1)[0].lstrip("/")
+                job = self._jobs.pop(token, None)
+                if job is None:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    await writer.drain()
+                    return
+                try:
+                    if not await self._answer(job, method == "HEAD", writer):
+                        return
+                finally:
+                    await self._finish(job)
+        except (ConnectionError, OSError) as exc:
+            logger.debug("relay connection ended: %s", exc)
+        finally:
+            writer.close()
+
+    async def _answer(self, job: Job, head_only: bool, writer: asyncio.StreamWriter) -> bool:
+        """Writes one response; False when the connection must close (the body was cut short)."""
+        chunked = job.stream is not None and not any(k.lower() == "content-length" for k, _ in job.headers)
+        lines = [f"HTTP/1.1 {job.status} {job.reason or 'OK'}"]
+        lines += [f"{k}: {v}" for k, v in job.headers]
+        if chunked and not head_only:
+            lines.append("transfer-encoding: chunked")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if head_only:
+            await writer.drain()
+            return True
+        if job.file is not None:
+            await writer.drain()
+            await asyncio.get_running_loop().sendfile(writer.transport, job.file, job.offset, job.length)
+            return True
+        assert job.stream is not None
+        try:
+            async for chunk in job.stream:
+                if chunked:
+                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    writer.write(chunk)
+                await writer.drain()
+        except Exception as exc:
+            # Closing without the last chunk (or short of Content-Length) makes mitmproxy and the client
+            # see a broken download rather than a complete-looking wrong one.
+            logger.warning("upstream body failed mid-stream: %s", exc)
+            writer.transport.abort()
+            return False
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True

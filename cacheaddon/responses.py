@@ -1,0 +1,72 @@
+"""Builds the replies the cache gives: from an entry, 304s, and its own errors, with X-Cache and Age."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from mitmproxy import http
+
+from cacheaddon.entry import Entry
+from cacheaddon.policy import HOP_BY_HOP, Outcome
+
+# RFC 9110 15.4.5: what a 304 carries of the full answer.
+_NOT_MODIFIED_FIELDS = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "last-modified", "vary"}
+)
+_MASKED = frozenset({"set-cookie", "content-length", "age", "x-cache", "x-cache-detail"})
+
+
+def storable_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The upstream's header fields worth keeping: no hop-by-hop fields, no cookies, no framing."""
+    return tuple((k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in _MASKED)
+
+
+def cache_fields(outcome: Outcome, reason: str, age: int | None = None) -> list[tuple[str, str]]:
+    fields = [("X-Cache", outcome.value), ("X-Cache-Detail", reason)]
+    if age is not None:
+        fields.append(("Age", str(age)))
+    return fields
+
+
+def make(status: int, reason: str, fields: list[tuple[str, str]], body: bytes) -> http.Response:
+    """A response whose body is sent exactly as given (already content-encoded if the headers say so)."""
+    headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields])
+    headers["content-length"] = str(len(body))
+    now = time.time()
+    return http.Response(b"HTTP/1.1", status, reason.encode("latin-1", "replace"), headers, body, None, now, now)
+
+
+def entry_fields(entry: Entry, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
+    return [*entry.headers, *cache_fields(outcome, detail, age), ("Content-Length", str(entry.size))]
+
+
+def from_entry(entry: Entry, body: bytes, outcome: Outcome, detail: str, age: int) -> http.Response:
+    response = make(entry.status, entry.reason, [*entry.headers, *cache_fields(outcome, detail, age)], body)
+    return response
+
+
+def head_from_entry(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.Response:
+    response = make(entry.status, entry.reason, [*entry.headers, *cache_fields(outcome, detail, age)], b"")
+    response.headers["content-length"] = str(entry.size)
+    return response
+
+
+def not_modified(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.Response:
+    kept = [(k, v) for k, v in entry.headers if k.lower() in _NOT_MODIFIED_FIELDS]
+    response = make(304, "Not Modified", [*kept, *cache_fields(outcome, detail, age)], b"")
+    del response.headers["content-length"]
+    return response
+
+
+def error(status: int, url: str, detail: str, outcome: Outcome = Outcome.MISS) -> http.Response:
+    """The cache's own error page: plain text that names the URL and says why."""
+    reasons = {403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+    body = f"cacheaddon: {detail}\nURL: {url}\n".encode("utf-8", "replace")
+    fields = [("Content-Type", "text/plain; charset=utf-8"), *cache_fields(outcome, detail)]
+    return make(status, reasons.get(status, "Error"), fields, body)
+
+
+def forbidden(detail: str) -> http.Response:
+    body = f"cacheaddon: {detail}\n".encode("utf-8", "replace")
+    return make(403, "Forbidden", [("Content-Type", "text/plain; charset=utf-8")], body)

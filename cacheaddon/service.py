@@ -1,0 +1,317 @@
+"""Carries out the policy for one cacheable request: look up, serve, fetch, store, fall back to stale.
+
+Everything here runs in mitmproxy's event loop; disk work goes to a small thread pool, upstream I/O is async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, TypeVar, assert_never
+
+import httpx
+from mitmproxy import http
+
+from cacheaddon import policy, responses
+from cacheaddon.entry import Entry
+from cacheaddon.health import HostHealth
+from cacheaddon.policy import Action, Decision, Outcome, RequestView
+from cacheaddon.relay import Job
+from cacheaddon.settings import Settings
+from cacheaddon.store import Body, Store, StoreError
+from cacheaddon.upstream import Spool, Spooled, Upstream, UpstreamFailure, expected_length, raw_chunks
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Bodies up to this size are answered from memory; larger ones stream through the relay.
+INLINE_LIMIT = 1024 * 1024
+_ERROR_BODY_LIMIT = 64 * 1024
+_CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
+
+
+@dataclass
+class Reply:
+    """What to put on the flow: a finished response, or a relay job that streams one."""
+
+    outcome: Outcome
+    detail: str
+    response: http.Response | None = None
+    job: Job | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def discard(self) -> None:
+        if self.job is not None and self.job.file is not None:
+            self.job.file.close()
+
+
+class CacheService:
+    def __init__(
+        self, settings: Settings, store: Store, upstream: Upstream, health: HostHealth, pool: ThreadPoolExecutor
+    ) -> None:
+        self.settings, self.store, self.upstream, self.health, self.pool = (
+            settings,
+            store,
+            upstream,
+            health,
+            pool,
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _lookup(self, key: str) -> Entry | None:
+        try:
+            return await self._disk(self.store.get, key)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            return None
+
+    async def _read(self, entry: Entry) -> Body | None:
+        try:
+            return await self._disk(self.store.read_body, entry, INLINE_LIMIT)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            return None
+
+    async def answer(self, request: RequestView, url: str, host: str) -> Reply:
+        key = policy.cache_key(request, self.store.salt)
+        entry = await self._lookup(key)
+        now = time.time()
+        decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(host, now))
+        match decision.action:
+            case Action.SERVE:
+                assert entry is not None
+                reply = await self._serve(entry, decision, request, now)
+                if reply is None:  # body gone or corrupt: as if never cached
+                    return await self.answer_without(request, url, host, key)
+                if decision.probe and self.health.start_probe(host):
+                    self._spawn(self._probe(request, url, host, key, entry))
+                return reply
+            case Action.FETCH:
+                return await self._fetch(request, url, host, key, entry, decision)
+            case Action.OFFLINE_MISS:
+                logger.warning("offline: %s is not in the cache", url)
+                return Reply(decision.outcome, decision.reason, responses.error(504, url, decision.reason))
+            case Action.PASS:
+                raise AssertionError("decide() never passes a cacheable request")
+            case _:
+                assert_never(decision.action)
+
+    async def answer_without(self, request: RequestView, url: str, host: str, key: str) -> Reply:
+        if self.settings.offline:
+            detail = "offline: not in cache"
+            return Reply(Outcome.MISS, detail, responses.error(504, url, detail))
+        return await self._fetch(request, url, host, key, None, Decision(Action.FETCH, Outcome.MISS, "miss"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _probe(self, request: RequestView, url: str, host: str, key: str, entry: Entry) -> None:
+        try:
+            reply = await self._fetch(request, url, host, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe"))
+            reply.discard()
+        except Exception:
+            logger.exception("background revalidation of %s failed", url)
+        finally:
+            self.health.end_probe(host)
+
+    async def _serve(self, entry: Entry, decision: Decision, request: RequestView, now: float) -> Reply | None:
+        outcome, detail, age = decision.outcome, decision.reason, policy.age(entry, now)
+        if policy.client_has_current(entry, request):
+            return Reply(outcome, detail, responses.not_modified(entry, outcome, detail, age))
+        if request.method == "HEAD":
+            return Reply(outcome, detail, responses.head_from_entry(entry, outcome, detail, age))
+        body = await self._read(entry)
+        if body is None:
+            return None
+        if body.data is not None:
+            return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
+        assert body.file is not None
+        fields = responses.entry_fields(entry, outcome, detail, age)
+        return Reply(outcome, detail, job=Job(entry.status, entry.reason, fields, file=body.file, length=body.size))
+
+    async def _failed(
+        self, failure: UpstreamFailure, request: RequestView, url: str, host: str, entry: Entry | None
+    ) -> Reply:
+        now = time.time()
+        self.health.failed(host, now, self.settings.upstream_backoff)
+        fallback = policy.on_failure(entry, failure.reason, self.settings)
+        if fallback is not None and entry is not None:
+            logger.warning("upstream failed for %s (%s): serving the cached copy", url, failure.reason)
+            reply = await self._serve(entry, fallback, request, now)
+            if reply is not None:
+                return reply
+        detail = f"upstream {failure.reason}"
+        return Reply(Outcome.MISS, detail, responses.error(504 if failure.timeout else 502, url, detail))
+
+    async def _fetch(
+        self, request: RequestView, url: str, host: str, key: str, entry: Entry | None, decision: Decision
+    ) -> Reply:
+        # The client's own validators are answered by us once we hold the full body; ours go upstream.
+        headers = {k: v for k, v in request.headers.items() if k not in _CONDITIONALS}
+        headers.update(policy.conditional_headers(entry))
+        try:
+            upstream = await self.upstream.open(request.method, url, headers)
+        except UpstreamFailure as failure:
+            return await self._failed(failure, request, url, host, entry)
+        status = upstream.status_code
+        if status >= 500:
+            return await self._upstream_5xx(upstream, request, url, host, entry)
+        self.health.succeeded(host)
+        now = time.time()
+        if status == 304 and entry is not None:
+            await upstream.aclose()
+            fresh = entry.refreshed(now, responses.storable_headers(upstream.headers.multi_items()))
+            await self._save_record(key, fresh)
+            return await self._serve(fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now) or (
+                await self.answer_without(request, url, host, key)
+            )
+        fields = responses.storable_headers(upstream.headers.multi_items())
+        length = expected_length(upstream)
+        lower = {k.lower(): v for k, v in fields}
+        why_not = policy.storability(status, lower, length, self.settings)
+        if request.method == "HEAD":
+            why_not = why_not or "not stored: HEAD"
+        detail = why_not or ("refreshed: entry was stale" if entry is not None else decision.reason)
+        if entry is not None or (length is not None and length <= INLINE_LIMIT) or request.method == "HEAD":
+            return await self._buffered(upstream, request, url, host, key, entry, fields, why_not, detail)
+        return self._streamed(upstream, request, key, fields, why_not, detail)
+
+    async def _upstream_5xx(
+        self, upstream: httpx.Response, request: RequestView, url: str, host: str, entry: Entry | None
+    ) -> Reply:
+        status = upstream.status_code
+        body = b""
+        try:
+            async for chunk in raw_chunks(upstream):
+                body += chunk
+                if len(body) > _ERROR_BODY_LIMIT:
+                    break
+        except UpstreamFailure:
+            pass
+        finally:
+            await upstream.aclose()
+        if entry is not None and self.settings.stale_on_error:
+            return await self._failed(UpstreamFailure(f"answered {status}"), request, url, host, entry)
+        self.health.failed(host, time.time(), self.settings.upstream_backoff)
+        detail = f"upstream answered {status}"
+        fields = [*responses.storable_headers(upstream.headers.multi_items()), *responses.cache_fields(Outcome.MISS, detail)]
+        return Reply(Outcome.MISS, detail, responses.make(status, upstream.reason_phrase, fields, body[:_ERROR_BODY_LIMIT]))
+
+    def _new_entry(self, request: RequestView, upstream: httpx.Response, fields: tuple[tuple[str, str], ...], body: Spooled) -> Entry:
+        names = policy.vary_names(upstream.headers.get("vary", "")) or ()
+        return Entry(
+            url=request.url,
+            status=upstream.status_code,
+            reason=upstream.reason_phrase,
+            headers=fields,
+            stored_at=time.time(),
+            size=body.size,
+            sha256=body.sha256,
+            vary=policy.vary_values(names, request),
+        )
+
+    async def _save_record(self, key: str, entry: Entry) -> None:
+        try:
+            await self._disk(self.store.put_record, key, entry)
+        except StoreError as exc:
+            logger.warning("could not update the cache record of %s: %s", entry.url, exc)
+
+    async def _commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+        try:
+            await self._disk(self.store.commit, key, entry, body)
+        except StoreError as exc:
+            logger.warning("could not store %s: %s", entry.url, exc)
+
+    def _spool(self, limit: int | None) -> Spool:
+        size_limit = self.settings.max_object_size if limit is None else limit
+        return Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, size_limit)
+
+    async def _buffered(
+        self,
+        upstream: httpx.Response,
+        request: RequestView,
+        url: str,
+        host: str,
+        key: str,
+        entry: Entry | None,
+        fields: tuple[tuple[str, str], ...],
+        why_not: str | None,
+        detail: str,
+    ) -> Reply:
+        """Reads the whole body before answering, so that a failure midway can still fall back to stale."""
+        spool = self._spool(1 << 62)  # the client needs the body whatever its size
+        try:
+            async for chunk in raw_chunks(upstream):
+                await spool.write(chunk)
+        except UpstreamFailure as failure:
+            await spool.abort()
+            return await self._failed(failure, request, url, host, entry)
+        body = await spool.finish()
+        if body is None:  # the disk failed under a body too large to hold in memory
+            return await self._failed(UpstreamFailure("body could not be spooled (disk full?)"), request, url, host, entry)
+        outcome = Outcome.MISS
+        if why_not is None and body.size > self.settings.max_object_size:
+            why_not = detail = f"not stored: larger than cache_max_object_size ({body.size} bytes)"
+        new = self._new_entry(request, upstream, fields, body)
+        served = [*fields, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
+        if body.data is not None:
+            if why_not is None:
+                await self._commit(key, new, body.data)
+            if why_not is None and policy.client_has_current(new, request):
+                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
+            data = b"" if request.method == "HEAD" else body.data
+            response = responses.make(new.status, new.reason, [*fields, *responses.cache_fields(outcome, detail)], data)
+            if request.method == "HEAD":
+                response.headers["content-length"] = str(body.size)
+            return Reply(outcome, detail, response)
+        assert body.path is not None
+        handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
+        if why_not is None:
+            await self._commit(key, new, body.path)
+        else:
+            await self._disk(self.store.discard, body.path)
+        return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
+
+    def _streamed(
+        self,
+        upstream: httpx.Response,
+        request: RequestView,
+        key: str,
+        fields: tuple[tuple[str, str], ...],
+        why_not: str | None,
+        detail: str,
+    ) -> Reply:
+        """Streams a large body to the client while it is written to the cache; stored only if it arrived whole."""
+        spool = self._spool(0 if why_not else None)
+        served = [*fields, *responses.cache_fields(Outcome.MISS, detail)]
+        length = expected_length(upstream)
+        if length is not None:
+            served.append(("Content-Length", str(length)))
+
+        async def tee() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                async for chunk in raw_chunks(upstream):
+                    await spool.write(chunk)
+                    yield chunk
+                body = await spool.finish()
+                done = True
+                if body is not None and why_not is None:
+                    await self._commit(key, self._new_entry(request, upstream, fields, body), body.data if body.data is not None else str(body.path))
+            finally:
+                if not done:
+                    await spool.abort()
+                await upstream.aclose()
+
+        status, reason = upstream.status_code, upstream.reason_phrase
+        return Reply(Outcome.MISS, detail, job=Job(status, reason, served, stream=tee()))

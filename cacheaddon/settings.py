@@ -1,0 +1,260 @@
+"""Option names, defaults and help text, and the frozen Settings value built from them."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The public registries' hosts: what a build host typically needs cached.
+DEFAULT_HOSTS = (
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+    "registry.yarnpkg.com",
+    "rubygems.org",
+    "index.rubygems.org",
+    "api.nuget.org",
+    "globalcdn.nuget.org",
+    "repo1.maven.org",
+    "repo.maven.apache.org",
+    "index.crates.io",
+    "static.crates.io",
+    "proxy.golang.org",
+)
+
+# Package files: every registry forbids re-uploading a file under the same name, so these never go stale.
+DEFAULT_IMMUTABLE = (
+    "*.whl",
+    "*.whl.metadata",
+    "*.tar.gz",
+    "*.tar.bz2",
+    "*.zip",
+    "*.egg",
+    "*.tgz",
+    "*.gem",
+    "*.nupkg",
+    "*.crate",
+    "*.jar",
+)
+
+DEFAULT_ALLOW_CLIENTS = ("127.0.0.0/8", "::1")
+
+# (name, type, default, help). Types are what mitmproxy's --set can parse: str, int, bool, Sequence[str].
+OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
+    (
+        "cache_dir",
+        str,
+        "",
+        "Directory of the diskcache store. Empty: $XDG_CACHE_HOME/cacheaddon, else ~/.cache/cacheaddon.",
+    ),
+    (
+        "cache_ttl",
+        int,
+        86400,
+        "Seconds a cached response is fresh, whatever Cache-Control, Expires or Pragma say.",
+    ),
+    (
+        "cache_immutable",
+        Sequence[str],
+        list(DEFAULT_IMMUTABLE),
+        "Glob patterns (fnmatch, on the URL path) of package files that never go stale; comma-separated "
+        "patterns allowed; set to an empty string to turn this off. Default: wheels, sdists, npm tarballs, "
+        ".gem, .nupkg, .jar, .crate.",
+    ),
+    ("cache_negative_ttl", int, 600, "Seconds a 404 or 410 answer is cached."),
+    (
+        "cache_stale_on_error",
+        bool,
+        True,
+        "When the upstream fails, answer from the cache even if the entry is stale.",
+    ),
+    (
+        "cache_upstream_timeout",
+        int,
+        5,
+        "Whole seconds without a byte from the upstream (connecting or waiting for the answer) after which "
+        "it counts as failed. A slow download that keeps making progress is not cut off.",
+    ),
+    (
+        "cache_upstream_backoff",
+        int,
+        30,
+        "Seconds after an upstream failure during which stale entries of that host are served at once, "
+        "while one background request at a time probes whether the host is back.",
+    ),
+    (
+        "cache_offline",
+        bool,
+        False,
+        "Never contact an upstream: serve whatever is cached, however old; a miss is a 504.",
+    ),
+    (
+        "cache_hosts",
+        Sequence[str],
+        list(DEFAULT_HOSTS),
+        "Hosts whose responses are cached: host, host:port or *.domain; comma-separated patterns allowed. "
+        "Other hosts pass through uncached. Default: the public package registries.",
+    ),
+    (
+        "cache_max_object_size",
+        str,
+        "100m",
+        "Largest response stored, with a k/m/g suffix; larger responses are passed on but not stored.",
+    ),
+    (
+        "cache_size_limit",
+        str,
+        "10g",
+        "Total size of the cache on disk, in bytes or with a k/m/g suffix; least recently used entries are "
+        "evicted.",
+    ),
+    (
+        "cache_allow_clients",
+        Sequence[str],
+        list(DEFAULT_ALLOW_CLIENTS),
+        "CIDRs of clients allowed to use the proxy; comma-separated values allowed. Others get 403.",
+    ),
+    (
+        "cache_strict_hosts",
+        bool,
+        False,
+        "Refuse (403) requests and CONNECTs to hosts outside cache_hosts: the proxy becomes an egress "
+        "firewall.",
+    ),
+)
+
+OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
+
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
+_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\[?[0-9a-f:.]+\]?$")
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    host: str  # lower case; "*.example.org" matches subdomains only
+    port: int | None
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return host == self.host
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path
+    ttl: int
+    immutable: tuple[str, ...]
+    negative_ttl: int
+    stale_on_error: bool
+    upstream_timeout: int
+    upstream_backoff: int
+    offline: bool
+    hosts: tuple[HostPattern, ...]
+    max_object_size: int
+    size_limit: int
+    allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    strict_hosts: bool
+
+    def is_cached_host(self, host: str, port: int) -> bool:
+        host = host.lower().strip("[]")
+        return any(p.matches(host, port) for p in self.hosts)
+
+    def is_allowed_client(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow_clients)
+
+
+def split_list(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Repeated --set values, each of which may hold comma-separated items."""
+    if isinstance(values, str):
+        values = [values]
+    return tuple(item.strip() for value in values for item in value.split(",") if item.strip())
+
+
+def parse_size(option: str, text: str) -> int:
+    m = _SIZE_RE.fullmatch(text.strip().lower())
+    if not m:
+        raise ValueError(f"{option}: {text!r} is not a size (bytes, or a number with a k/m/g suffix, e.g. 100m)")
+    return int(m[1]) * _SIZE_UNITS[m[2] or "b"]
+
+
+def parse_host(option: str, text: str) -> HostPattern:
+    host, port = text.lower(), None
+    if host.startswith("["):  # [::1]:8080
+        inner, _, rest = host[1:].partition("]")
+        host, port_text = inner, rest.removeprefix(":")
+        port = _parse_port(option, text, port_text) if port_text else None
+    elif host.count(":") == 1:
+        host, port_text = host.split(":")
+        port = _parse_port(option, text, port_text)
+    if not _HOST_RE.match(host):
+        raise ValueError(f"{option}: {text!r} is not a host pattern (host, host:port or *.domain)")
+    return HostPattern(host, port)
+
+
+def _parse_port(option: str, text: str, port: str) -> int:
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{option}: {text!r} has an invalid port")
+    return int(port)
+
+
+def _non_negative(option: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{option}: must be 0 or more seconds, got {value}")
+    return value
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "cacheaddon"
+
+
+def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Builds Settings from option values; raises ValueError whose message starts with the option name."""
+    env = os.environ if env is None else env
+    timeout = _non_negative("cache_upstream_timeout", opts["cache_upstream_timeout"])
+    if timeout == 0:
+        raise ValueError("cache_upstream_timeout: must be at least 1 second")
+    networks = []
+    for cidr in split_list(opts["cache_allow_clients"]):
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ValueError(f"cache_allow_clients: {cidr!r} is not an IP address or CIDR") from None
+    max_size = parse_size("cache_max_object_size", opts["cache_max_object_size"])
+    size_limit = parse_size("cache_size_limit", opts["cache_size_limit"])
+    if size_limit < 1024 * 1024:
+        raise ValueError(f"cache_size_limit: {opts['cache_size_limit']!r} is too small (at least 1m)")
+    return Settings(
+        cache_dir=Path(opts["cache_dir"]).expanduser() if opts["cache_dir"] else default_cache_dir(env),
+        ttl=_non_negative("cache_ttl", opts["cache_ttl"]),
+        immutable=split_list(opts["cache_immutable"]),
+        negative_ttl=_non_negative("cache_negative_ttl", opts["cache_negative_ttl"]),
+        stale_on_error=bool(opts["cache_stale_on_error"]),
+        upstream_timeout=timeout,
+        upstream_backoff=_non_negative("cache_upstream_backoff", opts["cache_upstream_backoff"]),
+        offline=bool(opts["cache_offline"]),
+        hosts=tuple(parse_host("cache_hosts", h) for h in split_list(opts["cache_hosts"])),
+        max_object_size=max_size,
+        size_limit=size_limit,
+        allow_clients=tuple(networks),
+        strict_hosts=bool(opts["cache_strict_hosts"]),
+    )
+
+
+def defaults() -> dict[str, Any]:
+    return {name: default for name, _, default, _ in OPTIONS}

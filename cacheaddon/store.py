@@ -1,0 +1,229 @@
+"""The diskcache-backed store: records by key, bodies by sha256. Knows nothing of HTTP.
+
+Layout in one diskcache directory (process-safe, so several mitmdump processes may share it):
+  "m <key>"      -> the Entry record, as JSON bytes (never pickle: a cache directory is not code)
+  "b <sha256>"   -> the body; content-addressed, so a record and its body can never disagree silently
+  "salt"         -> random bytes that credential fingerprints are hashed with
+Bodies are written to a temporary file first and moved into diskcache's directory only when complete, so a
+crash can leave an orphan file but never a half-written body that a record points to.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import diskcache
+
+from cacheaddon.entry import Entry
+
+logger = logging.getLogger(__name__)
+
+_TMP = "tmp"
+_ORPHAN_AGE = 3600  # seconds; an older temporary file belongs to a writer that died
+
+
+class StoreError(Exception):
+    """Any failure of the cache storage (full disk, unreadable database, permissions)."""
+
+    def __init__(self, message: str, no_space: bool = False) -> None:
+        super().__init__(message)
+        self.no_space = no_space
+
+
+@dataclass(frozen=True)
+class Body:
+    """A verified body: in memory when small, else an open file to send from (the caller closes it)."""
+
+    data: bytes | None
+    file: BinaryIO | None
+    size: int
+
+
+class _Complete:
+    """A finished temporary file, handed to diskcache to be moved (not copied) into place."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path, self.size = path, size
+
+
+class _Disk(diskcache.Disk):  # type: ignore[misc]
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if isinstance(value, _Complete):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+
+def _wrap(exc: BaseException, what: str) -> StoreError:
+    no_space = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    if "database or disk is full" in str(exc):
+        no_space = True
+    return StoreError(f"{what}: {exc}", no_space=no_space)
+
+
+class Store:
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory = directory
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(
+                str(directory),
+                size_limit=size_limit,
+                eviction_policy="least-recently-used",
+                disk=_Disk,
+                disk_min_file_size=64 * 1024,
+            )
+            self._cache.add("salt", os.urandom(32))
+            self.salt: bytes = self._cache.get("salt")
+            self._tmp = directory / _TMP
+            self._tmp.mkdir(exist_ok=True)
+        except Exception as exc:
+            raise _wrap(exc, f"cannot open cache_dir {directory}") from exc
+        self._verified: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+        self._remove_orphans()
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def _remove_orphans(self) -> None:
+        cutoff = time.time() - _ORPHAN_AGE
+        for path in self._tmp.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
+
+    # records
+
+    def get(self, key: str) -> Entry | None:
+        try:
+            raw = self._cache.get("m " + key)
+        except Exception as exc:
+            raise _wrap(exc, "reading a record") from exc
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            logger.warning("corrupt cache record for key %s: dropped", key)
+            self.delete(key)
+            return None
+        return Entry.from_record(record)
+
+    def put_record(self, key: str, entry: Entry) -> None:
+        try:
+            self._cache.set("m " + key, json.dumps(entry.to_record()).encode())
+        except Exception as exc:
+            raise _wrap(exc, "writing a record") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._cache.delete("m " + key)
+        except Exception as exc:
+            raise _wrap(exc, "deleting a record") from exc
+
+    # bodies
+
+    def new_body_file(self) -> tuple[BinaryIO, str]:
+        """A temporary file in the cache directory (same filesystem, so committing it is a rename)."""
+        try:
+            fd, path = tempfile.mkstemp(dir=self._tmp, prefix=f"{os.getpid()}-", suffix=".part")
+        except OSError as exc:
+            raise _wrap(exc, "creating a temporary file") from exc
+        return os.fdopen(fd, "wb"), path
+
+    def discard(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+        """Stores a complete body (bytes, or the path of a finished temporary file) and then its record."""
+        try:
+            if not self._cache.touch("b " + entry.sha256):
+                if isinstance(body, bytes):
+                    value: Any = body
+                elif entry.size < 64 * 1024:
+                    value = Path(body).read_bytes()
+                else:
+                    value = _Complete(body, entry.size)
+                self._cache.set("b " + entry.sha256, value)
+        except Exception as exc:
+            raise _wrap(exc, "storing a body") from exc
+        finally:
+            if isinstance(body, str):
+                self.discard(body)
+        self.put_record(key, entry)
+
+    def read_body(self, entry: Entry, inline_limit: int = 0) -> Body | None:
+        """The entry's body, checked against its sha256; None (and the body dropped) when missing or corrupt.
+        Bodies up to inline_limit bytes come back in memory, larger ones as an open file."""
+        try:
+            value = self._cache.get("b " + entry.sha256, read=True)
+        except Exception as exc:
+            raise _wrap(exc, "reading a body") from exc
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            if hashlib.sha256(value).hexdigest() == entry.sha256:
+                return Body(value, None, len(value))
+            self._corrupt(entry)
+            return None
+        try:
+            ok = self._verify_file(value, entry)
+        except OSError as exc:
+            value.close()
+            raise _wrap(exc, "reading a body") from exc
+        if not ok:
+            value.close()
+            self._corrupt(entry)
+            return None
+        value.seek(0)
+        if entry.size <= inline_limit:
+            with value:
+                return Body(value.read(), None, entry.size)
+        return Body(None, value, entry.size)
+
+    def _verify_file(self, handle: BinaryIO, entry: Entry) -> bool:
+        # Hashing a large file on every hit would cost more than serving it; re-hash only when the file
+        # changed (inode, size or mtime) since this process last checked it.
+        st = os.fstat(handle.fileno())
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if self._verified.get(entry.sha256) == stamp:
+                return True
+        if st.st_size != entry.size:
+            return False
+        digest = hashlib.sha256()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+        if digest.hexdigest() != entry.sha256:
+            return False
+        with self._lock:
+            self._verified[entry.sha256] = stamp
+        return True
+
+    def _corrupt(self, entry: Entry) -> None:
+        logger.warning("cached body of %s does not match its sha256: dropped, will fetch again", entry.url)
+        try:
+            self._cache.delete("b " + entry.sha256)
+        except Exception as exc:
+            logger.warning("could not drop the corrupt body: %s", exc)
+
+    def volume(self) -> int:
+        return int(self._cache.volume())
