@@ -27,10 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding
+from mitmproxy.proxy.mode_specs import ReverseMode
 
-from cacheaddon import policy, responses, settings
+from cacheaddon import policy, responses, rewrite, settings
 from cacheaddon.health import HostHealth
-from cacheaddon.relay import Relay
+from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
 from cacheaddon.store import Store, StoreError
 from cacheaddon.upstream import Upstream, tls_context
@@ -143,6 +145,15 @@ class CacheAddon:
             flow.response = responses.forbidden(refusal)
             return
         req = flow.request
+        endpoint = _endpoint(flow)
+        if endpoint is not None and (routed := rewrite.route(req.path)) is not None:
+            origin, path = routed
+            if not self.settings.is_cached_host(origin.host, origin.port):
+                # Only rewritten links lead here; anything else would make the endpoint an open proxy.
+                flow.response = responses.forbidden(f"{origin.host}:{origin.port} is not in cache_hosts")
+                return
+            req.scheme, req.host, req.port, req.path = origin.scheme, origin.host, origin.port, path
+            req.host_header = rewrite.hostport(origin)
         if not self.settings.is_cached_host(req.host, req.port):
             return
         view = policy.RequestView(
@@ -156,7 +167,38 @@ class CacheAddon:
             else:
                 flow.metadata[_META] = {"url": req.url, "outcome": policy.Outcome.MISS, "detail": why_not}
             return
-        self._apply(flow, await self.service.answer(view, req.url, req.host))
+        reply = await self.service.answer(view, req.url, req.host)
+        if reply is None:
+            detail = "range request: passed to the upstream, not stored"
+            flow.metadata[_META] = {"url": req.url, "outcome": policy.Outcome.MISS, "detail": detail}
+            return
+        if endpoint is not None and req.method == "GET":
+            reply = await self._rewritten(flow, endpoint, reply)
+        self._apply(flow, reply)
+
+    async def _rewritten(self, flow: http.HTTPFlow, endpoint: rewrite.Origin, reply: Reply) -> Reply:
+        """An index document served through an endpoint, its links pointing back at the endpoint."""
+        assert self.settings is not None
+        status, fields = _status_fields(reply)
+        ctype = next((v for k, v in fields if k.lower() == "content-type"), "")
+        if status != 200 or not rewrite.is_rewritable(ctype):
+            return reply
+        body = await _materialize(reply)
+        if body is None:
+            detail = "upstream body failed while rewriting"
+            return Reply(reply.outcome, detail, responses.error(502, flow.request.url, detail, reply.outcome))
+        content_encoding = next((v for k, v in fields if k.lower() == "content-encoding"), "identity")
+        try:
+            body = encoding.decode(body, content_encoding)
+        except ValueError:
+            return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
+        host, port = flow.client_conn.sockname[:2]
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if flow.client_conn.tls_established else "http"
+        new_body = rewrite.rewrite_links(body, f"{scheme}://{host}:{port}", endpoint, self.settings.is_cached_host)
+        # The rewritten document is sent unencoded; its ETag still names the upstream's document.
+        kept = [(k, v) for k, v in fields if k.lower() not in ("content-encoding", "content-length", "accept-ranges")]
+        return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
 
     def _apply(self, flow: http.HTTPFlow, reply: Reply) -> None:
         flow.metadata[_META] = {"url": flow.request.url, "outcome": reply.outcome, "detail": reply.detail}
@@ -201,6 +243,43 @@ class CacheAddon:
         if meta.get("relay"):
             flow.request.url = meta["url"]
         logger.warning("%s failed %s: %s", meta["outcome"].value, meta["url"], flow.error)
+
+
+def _endpoint(flow: http.HTTPFlow) -> rewrite.Origin | None:
+    """The upstream origin of the registry endpoint (reverse-proxy listener) this flow came through."""
+    mode = flow.client_conn.proxy_mode
+    if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
+        return rewrite.Origin(mode.scheme, mode.address[0].lower(), mode.address[1])
+    return None
+
+
+def _status_fields(reply: Reply) -> tuple[int, list[tuple[str, str]]]:
+    if reply.response is not None:
+        return reply.response.status_code, list(reply.response.headers.items(multi=True))
+    assert reply.job is not None
+    return reply.job.status, reply.job.headers
+
+
+async def _materialize(reply: Reply) -> bytes | None:
+    """The whole body of a reply (documents only: they are rewritten in memory)."""
+    if reply.response is not None:
+        return reply.response.raw_content or b""
+    job: Job | None = reply.job
+    assert job is not None
+    try:
+        if job.file is not None:
+            job.file.seek(job.offset)
+            return await asyncio.to_thread(job.file.read, job.length)
+        assert job.stream is not None
+        return b"".join([chunk async for chunk in job.stream])
+    except Exception as exc:
+        logger.warning("could not read a document to rewrite: %s", exc)
+        return None
+    finally:
+        if job.file is not None:
+            job.file.close()
+        if job.on_close is not None:
+            await job.on_close()
 
 
 def _close_later(upstream: Upstream) -> None:

@@ -135,8 +135,6 @@ def request_cacheability(request: RequestView) -> str | None:
     """None when the cache may answer this request, else why not (the X-Cache-Detail of a pass-through)."""
     if request.method not in ("GET", "HEAD"):
         return f"not cacheable: method {request.method}"
-    if "range" in request.headers:
-        return "not cacheable: range request"
     return None
 
 
@@ -235,3 +233,38 @@ def client_has_current(entry: Entry, request: RequestView) -> bool:
         except (TypeError, ValueError):
             return False
     return False
+
+
+def byte_range(value: str, size: int) -> tuple[int, int] | None | bool:
+    """A single Range 'bytes=a-b' as (first, last) inclusive; None to ignore it and send the whole body
+    (malformed, other units, several ranges: RFC 9110 14.2 lets us); False when it cannot be satisfied."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash or not (first_text.isdigit() or first_text == "") or not (last_text.isdigit() or last_text == ""):
+        return None
+    if first_text == "":
+        if last_text == "":
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            return False
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        return False
+    return first, min(last, size - 1)
+
+
+def if_range_allows(entry: Entry, value: str) -> bool:
+    """If-Range (RFC 9110 13.1.5): the range applies only if the validator names this very entry."""
+    if not value:
+        return True
+    value = value.strip()
+    if value.startswith('"'):
+        return entry.etag is not None and entry.etag.strip() == value
+    return entry.last_modified is not None and entry.last_modified.strip() == value

@@ -37,19 +37,32 @@ def make(status: int, reason: str, fields: list[tuple[str, str]], body: bytes) -
     return http.Response(b"HTTP/1.1", status, reason.encode("latin-1", "replace"), headers, body, None, now, now)
 
 
-def entry_fields(entry: Entry, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
-    return [*entry.headers, *cache_fields(outcome, detail, age), ("Content-Length", str(entry.size))]
+def served_fields(entry: Entry, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
+    """The entry's headers as the cache serves them; byte ranges of a stored 200 are honoured, so say so."""
+    fields = [(k, v) for k, v in entry.headers if k.lower() != "accept-ranges"]
+    if entry.status == 200:
+        fields.append(("Accept-Ranges", "bytes"))
+    return [*fields, *cache_fields(outcome, detail, age)]
 
 
 def from_entry(entry: Entry, body: bytes, outcome: Outcome, detail: str, age: int) -> http.Response:
-    response = make(entry.status, entry.reason, [*entry.headers, *cache_fields(outcome, detail, age)], body)
-    return response
+    return make(entry.status, entry.reason, served_fields(entry, outcome, detail, age), body)
 
 
 def head_from_entry(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.Response:
-    response = make(entry.status, entry.reason, [*entry.headers, *cache_fields(outcome, detail, age)], b"")
+    response = make(entry.status, entry.reason, served_fields(entry, outcome, detail, age), b"")
     response.headers["content-length"] = str(entry.size)
     return response
+
+
+def partial_fields(entry: Entry, first: int, last: int, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
+    fields = served_fields(entry, outcome, detail, age)
+    return [*fields, ("Content-Range", f"bytes {first}-{last}/{entry.size}")]
+
+
+def unsatisfiable(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.Response:
+    fields = [*cache_fields(outcome, detail, age), ("Content-Range", f"bytes */{entry.size}")]
+    return make(416, "Range Not Satisfiable", fields, b"")
 
 
 def not_modified(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.Response:

@@ -11,12 +11,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, assert_never
 
 import httpx
 from mitmproxy import http
+from mitmproxy.net import encoding
 
-from cacheaddon import policy, responses
+from cacheaddon import digests, policy, responses
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.policy import Action, Decision, Outcome, RequestView
@@ -32,7 +34,10 @@ T = TypeVar("T")
 # Bodies up to this size are answered from memory; larger ones stream through the relay.
 INLINE_LIMIT = 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
-_CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
+_DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
+# Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
+# cut from it.
+_NOT_FORWARDED = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range")
 
 
 @dataclass
@@ -80,16 +85,22 @@ class CacheService:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
 
-    async def answer(self, request: RequestView, url: str, host: str) -> Reply:
+    async def answer(self, request: RequestView, url: str, host: str) -> Reply | None:
+        """The reply to a GET or HEAD, or None when mitmproxy should forward it untouched (a Range request
+        for something the cache cannot answer now: it goes upstream and is not stored)."""
         key = policy.cache_key(request, self.store.salt)
         entry = await self._lookup(key)
         now = time.time()
         decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(host, now))
+        if "range" in request.headers and decision.action is Action.FETCH:
+            return None
         match decision.action:
             case Action.SERVE:
                 assert entry is not None
                 reply = await self._serve(entry, decision, request, now)
                 if reply is None:  # body gone or corrupt: as if never cached
+                    if "range" in request.headers and not self.settings.offline:
+                        return None
                     return await self.answer_without(request, url, host, key)
                 if decision.probe and self.health.start_probe(host):
                     self._spawn(self._probe(request, url, host, key, entry))
@@ -133,11 +144,31 @@ class CacheService:
         body = await self._read(entry)
         if body is None:
             return None
+        span = policy.byte_range(request.header("range"), entry.size) if "range" in request.headers else None
+        if span is not None and entry.status == 200 and policy.if_range_allows(entry, request.header("if-range")):
+            return self._partial(entry, body, span, outcome, detail, age)
         if body.data is not None:
             return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
         assert body.file is not None
-        fields = responses.entry_fields(entry, outcome, detail, age)
+        fields = [*responses.served_fields(entry, outcome, detail, age), ("Content-Length", str(entry.size))]
         return Reply(outcome, detail, job=Job(entry.status, entry.reason, fields, file=body.file, length=body.size))
+
+    def _partial(
+        self, entry: Entry, body: Body, span: tuple[int, int] | bool, outcome: Outcome, detail: str, age: int
+    ) -> Reply:
+        """206 for a byte range of a stored body (uv and pip's lazy wheels ask for the zip's tail)."""
+        if span is False or span is True:
+            if body.file is not None:
+                body.file.close()
+            return Reply(outcome, detail, responses.unsatisfiable(entry, outcome, detail, age))
+        first, last = span
+        fields = responses.partial_fields(entry, first, last, outcome, detail, age)
+        if body.data is not None:
+            return Reply(outcome, detail, responses.make(206, "Partial Content", fields, body.data[first : last + 1]))
+        assert body.file is not None
+        fields.append(("Content-Length", str(last - first + 1)))
+        job = Job(206, "Partial Content", fields, file=body.file, offset=first, length=last - first + 1)
+        return Reply(outcome, detail, job=job)
 
     async def _failed(
         self, failure: UpstreamFailure, request: RequestView, url: str, host: str, entry: Entry | None
@@ -157,7 +188,7 @@ class CacheService:
         self, request: RequestView, url: str, host: str, key: str, entry: Entry | None, decision: Decision
     ) -> Reply:
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
-        headers = {k: v for k, v in request.headers.items() if k not in _CONDITIONALS}
+        headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         headers.update(policy.conditional_headers(entry))
         try:
             upstream = await self.upstream.open(request.method, url, headers)
@@ -228,9 +259,33 @@ class CacheService:
 
     async def _commit(self, key: str, entry: Entry, body: bytes | str) -> None:
         try:
-            await self._disk(self.store.commit, key, entry, body)
+            await self._disk(self._commit_checked, key, entry, body)
         except StoreError as exc:
-            logger.warning("could not store %s: %s", entry.url, exc)
+            level = "disk full" if exc.no_space else "store error"
+            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
+
+    def _commit_checked(self, key: str, entry: Entry, body: bytes | str) -> None:
+        """In the disk pool: refuse a file whose bytes differ from the digest its index published, store,
+        then remember the digests an index document publishes for its files."""
+        expected = self.store.expected_digest(entry.url)
+        if expected is not None and not _digest_ok(expected, entry, body):
+            logger.warning("%s does not match the digest its index published (%s): not cached", entry.url, expected)
+            if isinstance(body, str):
+                self.store.discard(body)
+            return
+        content_type = entry.header("content-type") or ""
+        doc = None
+        if entry.status == 200 and entry.size <= _DOC_LIMIT and ("json" in content_type or "html" in content_type):
+            doc = body if isinstance(body, bytes) else Path(body).read_bytes()
+        self.store.commit(key, entry, body)
+        if doc is not None:
+            try:
+                doc = encoding.decode(doc, entry.header("content-encoding") or "identity")
+            except ValueError:
+                return
+            found = digests.published(entry.url, content_type, doc)
+            if found:
+                self.store.record_digests(found)
 
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit
@@ -315,3 +370,19 @@ class CacheService:
 
         status, reason = upstream.status_code, upstream.reason_phrase
         return Reply(Outcome.MISS, detail, job=Job(status, reason, served, stream=tee()))
+
+
+def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:
+    algo = expected.partition("=")[0]
+    if algo == "sha256":
+        return digests.matches(expected, {"sha256": entry.sha256}) is not False
+    digest = digests.hasher(expected)
+    if digest is None:
+        return True  # an algorithm this Python lacks: nothing to check against
+    if isinstance(body, bytes):
+        digest.update(body)
+    else:
+        with open(body, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digests.matches(expected, {algo: digest.hexdigest()}) is not False

@@ -136,6 +136,23 @@ class Store:
         except Exception as exc:
             raise _wrap(exc, "deleting a record") from exc
 
+    # digests published by index documents, keyed by canonical file URL
+
+    def expected_digest(self, url: str) -> str | None:
+        try:
+            value = self._cache.get("d " + url)
+        except Exception as exc:
+            raise _wrap(exc, "reading a digest") from exc
+        return value if isinstance(value, str) else None
+
+    def record_digests(self, digests: dict[str, str]) -> None:
+        try:
+            with self._cache.transact():
+                for url, digest in digests.items():
+                    self._cache.set("d " + url, digest)
+        except Exception as exc:
+            raise _wrap(exc, "recording digests") from exc
+
     # bodies
 
     def new_body_file(self) -> tuple[BinaryIO, str]:

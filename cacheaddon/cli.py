@@ -1,0 +1,332 @@
+"""The `cacheaddon` console script: run the caching proxy, print client configuration, print CI variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+from urllib.parse import urlsplit
+
+from cacheaddon import clientconfig, registries
+
+if TYPE_CHECKING:
+    from mitmproxy.tools.dump import DumpMaster
+
+AddonFactory = Callable[[], object]
+
+DEFAULT_PROXY = "http://127.0.0.1:8080"
+DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default, so `env` finds the CA `run` created
+CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+BUNDLE_NAME = "cacheaddon-ca-bundle.pem"
+
+_LAZY_REASON = (
+    "connection_strategy must be lazy: with eager, mitmproxy connects upstream before any hook runs, "
+    "so the cache cannot answer while a registry is down"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line instead of argparse's usage dump: errors must be easy to spot in a CI log.
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _fail(command: str, message: str) -> None:
+    print(f"cacheaddon {command}: {message}", file=sys.stderr)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="cacheaddon", description="A caching proxy for package registries (mitmproxy).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        # mitmdump's own flags pass through, so ours must never match one of them by abbreviation.
+        allow_abbrev=False,
+        help="run the proxy (mitmdump with the cache addon)",
+        description="Runs mitmdump with the cache addon, listening on 127.0.0.1 unless --listen-host says "
+        "otherwise, always with connection_strategy=lazy. The forward proxy listens on port 8080 (or -p), "
+        "unless --mode replaces it.",
+        epilog="Every other argument goes to mitmdump, e.g. -p 9090, --set confdir=DIR, -q "
+        "(see mitmdump --help).",
+    )
+    run.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also serve a registry as a reverse proxy: NAME, NAME@PORT or URL@PORT; "
+        + ", ".join(f"{p.name} ({p.upstream}) on {p.port}" for p in registries.PRESETS.values())
+        + ". Repeatable.",
+    )
+
+    config = commands.add_parser("config", help="print a client's configuration for a registry endpoint")
+    config.add_argument(
+        "client",
+        choices=list(clientconfig.CLIENTS),
+        metavar="CLIENT",
+        help=f"one of: {', '.join(clientconfig.CLIENTS)}",
+    )
+    config.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="the registry endpoint (default: http://127.0.0.1:PORT of the client's registry "
+        "preset); the client's path (e.g. /simple/) is added unless URL has a path",
+    )
+
+    env = commands.add_parser("env", help="print shell lines that point clients at the proxy, for eval")
+    env.add_argument(
+        "--proxy",
+        default=DEFAULT_PROXY,
+        metavar="URL",
+        help=f"the forward proxy's URL (default: {DEFAULT_PROXY})",
+    )
+    env.add_argument(
+        "--confdir",
+        default=DEFAULT_CONFDIR,
+        metavar="DIR",
+        help=f"mitmproxy's confdir, which holds its CA (default: {DEFAULT_CONFDIR})",
+    )
+    env.add_argument(
+        "--bundle",
+        metavar="PATH",
+        help=f"where to write the CA bundle, system CAs + mitmproxy's (default: DIR/{BUNDLE_NAME})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = None) -> int:
+    """Run the console script; returns the exit status. `addon_factory` replaces the cache addon (tests)."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "run":
+        return run_proxy(rest, args.registry, addon_factory)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if args.command == "config":
+            return print_config(args.client, args.endpoint)
+        return write_env(args.proxy, Path(args.confdir).expanduser(), args.bundle)
+    except BrokenPipeError:
+        # The reader left early (`| head`); without this, flushing stdout at exit prints a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def print_config(client: str, endpoint: str | None) -> int:
+    """Print `client`'s configuration snippet for the endpoint."""
+    try:
+        print(clientconfig.snippet(client, endpoint))
+    except ValueError as e:
+        _fail("config", str(e))
+        return 2
+    return 0
+
+
+# --- run ---
+
+
+def _mode_arguments(mitm_args: Sequence[str], reverse_modes: Sequence[str]) -> list[str]:
+    """mitmdump's arguments with one reverse mode per registry added next to the user's own modes."""
+    if not reverse_modes:
+        return list(mitm_args)
+    flag_mode = any(a == "--mode" or a.startswith("--mode=") or a.startswith("-m") for a in mitm_args)
+    set_mode = bool(_set_values(mitm_args, "mode"))
+    if set_mode and not flag_mode:
+        # mitmproxy applies --mode after --set and would drop the user's `--set mode=` list: extend that.
+        return [*mitm_args, *(a for m in reverse_modes for a in ("--set", f"mode={m}"))]
+    ours = [a for m in reverse_modes for a in ("--mode", m)]
+    if flag_mode:
+        return [*mitm_args, *ours]
+    # The first --mode replaces mitmproxy's default list, so the forward proxy must be named again;
+    # without a port it still follows -p / listen_port (8080 when unset).
+    return ["--mode", "regular", *ours, *mitm_args]
+
+
+def _set_values(mitm_args: Sequence[str], name: str) -> list[str]:
+    """The values the user gave option `name` with `--set name=value` or `--set=name=value`."""
+    specs = [arg for prev, arg in zip(["", *mitm_args], mitm_args, strict=False) if prev == "--set"]
+    specs += [arg.removeprefix("--set=") for arg in mitm_args if arg.startswith("--set=")]
+    return [spec.partition("=")[2] for spec in specs if spec.partition("=")[0] == name]
+
+
+def _filter_options(args: Any) -> dict[str, str]:
+    # What mitmproxy's own `mitmdump` entry point does with its positional filter expression.
+    if args.filter_args:
+        expr = " ".join(args.filter_args)
+        return {"save_stream_filter": expr, "readfile_filter": expr, "dumper_filter": expr}
+    return {}
+
+
+def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
+    from mitmproxy import exceptions, hooks
+    from mitmproxy.tools.dump import DumpMaster
+
+    class CacheMaster(DumpMaster):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Set as values before the command line and config.yaml are read, so both can override them:
+            # a proxy for all interfaces would be an open proxy, and eager defeats the cache (checked below).
+            self.options.set("listen_host=127.0.0.1", "connection_strategy=lazy")
+            self.cache_addon = addon_factory()
+            # mitmproxy's AddonManager and OptManager.keys are unannotated: cast for mypy --strict.
+            cast(Any, self.addons).add(self.cache_addon)
+
+        async def run(self) -> None:
+            if self.options.connection_strategy != "lazy":
+                _fail("run", _LAZY_REASON)
+                sys.exit(2)
+            # An addon added here (unlike one loaded with -s) is only told about options that were set;
+            # give it the one full configure that `mitmdump -s` gives, now that every value is final.
+            try:
+                every_option = set(cast(Any, self.options).keys())
+                cast(Any, self.addons).invoke_addon_sync(self.cache_addon, hooks.ConfigureHook(every_option))
+            except exceptions.OptionsError as e:
+                _fail("run", str(e))
+                sys.exit(1)
+            await super().run()
+
+    return CacheMaster
+
+
+def _exit_status(e: SystemExit) -> int:
+    if e.code is None or isinstance(e.code, int):
+        return e.code or 0
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def run_proxy(
+    mitm_args: Sequence[str], registry_specs: Sequence[str], addon_factory: AddonFactory | None
+) -> int:
+    """Run mitmdump in this process with the cache addon and one reverse proxy per registry spec."""
+    try:
+        modes = [registries.reverse_mode(spec) for spec in registry_specs]
+    except ValueError as e:
+        _fail("run", str(e))
+        return 2
+    # Checked here as well as in the master: the addon may quietly turn eager back to lazy.
+    if any(value != "lazy" for value in _set_values(mitm_args, "connection_strategy")):
+        _fail("run", _LAZY_REASON)
+        return 2
+    ports = [m.rpartition("@")[2] for m in modes]
+    if dupes := sorted({p for p in ports if ports.count(p) > 1}):
+        _fail("run", f"--registry: port {', '.join(dupes)} given to more than one registry")
+        return 2
+    if addon_factory is None:
+        try:
+            from cacheaddon.addon import CacheAddon
+        except ImportError as e:
+            _fail("run", f"cannot load the cache addon: {e}")
+            return 1
+        addon_factory = CacheAddon
+
+    from mitmproxy.tools import cmdline
+    from mitmproxy.tools import main as mitmproxy_main
+
+    # mitmproxy names the program after sys.argv[0] in its usage and option errors.
+    saved_argv0, sys.argv[0] = sys.argv[0], "cacheaddon run"
+    try:
+        mitmproxy_main.run(
+            _master_class(addon_factory), cmdline.mitmdump, _mode_arguments(mitm_args, modes), _filter_options
+        )
+    except SystemExit as e:  # mitmproxy exits on bad options, after printing one line naming the option
+        return _exit_status(e)
+    except KeyboardInterrupt:  # before mitmproxy has installed its own SIGINT handler
+        return 130
+    finally:
+        sys.argv[0] = saved_argv0
+    return 0
+
+
+# --- env ---
+
+
+def _proxy_error(proxy: str) -> str | None:
+    try:
+        parts = urlsplit(proxy)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as e:
+        return f"--proxy: invalid URL {proxy!r} ({e})"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return f"--proxy: expected a URL such as {DEFAULT_PROXY}, got {proxy!r}"
+    return None
+
+
+def _system_certificates(bundle: Path) -> tuple[list[str], str]:
+    """The system's CA certificates and the file they came from (never our own bundle)."""
+    paths = ssl.get_default_verify_paths()
+    # cafile honours SSL_CERT_FILE; after an earlier `eval` that is our bundle, which must not feed itself.
+    candidates = [paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
+    try:
+        import certifi
+
+        candidates.append(certifi.where())
+    except ImportError:
+        pass
+    for name in candidates:
+        if not name or not os.path.isfile(name) or Path(name).resolve() == bundle.resolve():
+            continue
+        try:
+            certs = clientconfig.pem_certificates(Path(name).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+        if certs:
+            return certs, name
+    return [], ""
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A client starting while we write must see the old bundle or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # CA certificates are public; mkstemp's 0600 would lock out other users
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
+    """Write the CA bundle and print the `export` lines for it and the proxy."""
+    if error := _proxy_error(proxy):
+        _fail("env", error)
+        return 2
+    ca_path = confdir / CA_CERT_NAME
+    bundle = (Path(bundle_arg).expanduser() if bundle_arg else confdir / BUNDLE_NAME).absolute()
+    try:
+        mitm_certs = clientconfig.pem_certificates(ca_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _fail(
+            "env",
+            f"no mitmproxy CA at {ca_path}: start the proxy once (cacheaddon run, same confdir) to create it",
+        )
+        return 1
+    except (OSError, UnicodeDecodeError) as e:
+        _fail("env", f"cannot read the mitmproxy CA {ca_path}: {e}")
+        return 1
+    if not mitm_certs:
+        _fail("env", f"{ca_path} holds no PEM certificate")
+        return 1
+    system_certs, source = _system_certificates(bundle)
+    if not system_certs:
+        _fail("env", "found no system CA certificates (tried SSL_CERT_FILE, OpenSSL's default, certifi)")
+        return 1
+    try:
+        _write_atomically(bundle, clientconfig.bundle_text(system_certs, mitm_certs))
+    except OSError as e:
+        _fail("env", f"cannot write the CA bundle {bundle}: {e}")
+        return 1
+    # A comment ends at a newline, and the rest would be run by `eval`: escape any in the paths.
+    comment = f"# CA bundle {bundle}: system CAs from {source} + {ca_path}"
+    print(comment.encode("unicode_escape").decode("ascii"))
+    print("\n".join(clientconfig.env_lines(proxy, str(bundle))))
+    return 0

@@ -1,0 +1,78 @@
+"""Link rewriting for registry endpoints (reverse-proxy listeners). Pure functions, no I/O.
+
+PyPI's index pages link to files.pythonhosted.org by absolute URL and npm metadata names its tarballs the
+same way; an endpoint that left them alone would cache the index while every package file is fetched
+directly. So in documents served through an endpoint, absolute URLs to a cached host are rewritten to the
+endpoint itself: the endpoint's own upstream maps to the endpoint's root, any other cached host to
+/_cacheaddon/<scheme>/<host[:port]>/... . Only the URL prefix changes: hashes stay exactly as published.
+The cache keeps the upstream's original document, so one entry serves every endpoint and the forward proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ROUTE = "/_cacheaddon/"
+REWRITABLE = frozenset(
+    {
+        "text/html",
+        "application/vnd.pypi.simple.v1+html",
+        "application/vnd.pypi.simple.v1+json",
+        "application/json",
+        "application/vnd.npm.install-v1+json",
+    }
+)
+_URL = re.compile(rb"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(?=[/\"'#?<\s])")
+_ROUTED = re.compile(r"^/_cacheaddon/(https?)/([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(/.*)?$")
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+
+def is_rewritable(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() in REWRITABLE
+
+
+def hostport(origin: Origin) -> str:
+    host = f"[{origin.host}]" if ":" in origin.host and not origin.host.startswith("[") else origin.host
+    return host if _DEFAULT_PORT.get(origin.scheme) == origin.port else f"{host}:{origin.port}"
+
+
+def rewrite_links(body: bytes, base: str, upstream: Origin, cached: Callable[[str, int], bool]) -> bytes:
+    """base: the endpoint's own origin as the client reached it, e.g. http://127.0.0.1:8081."""
+    base_b = base.rstrip("/").encode()
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        scheme = match[1].decode().lower()
+        host = match[2].decode().lower().strip("[]")
+        port = int(match[3]) if match[3] else _DEFAULT_PORT[scheme]
+        origin = Origin(scheme, host, port)
+        if origin == upstream:
+            return base_b
+        if cached(host, port):
+            return base_b + f"{ROUTE}{scheme}/{hostport(origin)}".encode()
+        return match[0]
+
+    return _URL.sub(replace, body)
+
+
+def route(path: str) -> tuple[Origin, str] | None:
+    """The origin and path a rewritten /_cacheaddon/... path stands for, or None for an ordinary path."""
+    if not path.startswith(ROUTE):
+        return None
+    m = _ROUTED.match(path)
+    if not m:
+        return None
+    scheme = m[1]
+    host = m[2].lower().strip("[]")
+    port = int(m[3]) if m[3] else _DEFAULT_PORT[scheme]
+    if not 0 < port < 65536:
+        return None
+    return Origin(scheme, host, port), m[4] or "/"
