@@ -76,19 +76,30 @@ class CacheAddon:
             loader.add_option(name, typespec, default, help_text)
 
     def configure(self, updated: set[str]) -> None:
-        if ctx.options.connection_strategy != "lazy":
-            # eager connects upstream before any hook runs, so a dead registry would drop clients the cache
-            # could have answered.
-            logger.info("cacheaddon: using connection_strategy=lazy (needed to answer from the cache during outages)")
-            ctx.options.update(connection_strategy="lazy")
-        if not updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS) and self.service is not None:
-            return
+        # Validate before touching any other option: updating one re-enters configure, and a bad value would
+        # then fail over and over again while mitmproxy rolls back.
         try:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
+        if ctx.options.connection_strategy != "lazy":
+            # eager connects upstream before any hook runs, so a dead registry would drop clients the cache
+            # could have answered.
+            logger.info(
+                "cacheaddon: using connection_strategy=lazy (needed to answer from the cache during outages)"
+            )
+            ctx.options.update(connection_strategy="lazy")
+        if ctx.options.stream_large_bodies is None:
+            # What passes through untouched (other hosts, uploads, ranges) must not be buffered whole either.
+            ctx.options.update(stream_large_bodies="1m")
+        if not updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS) and self.service is not None:
+            return
         old, self.settings = self.settings, new
-        if old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit) or self.store is None:
+        if (
+            old is None
+            or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit)
+            or self.store is None
+        ):
             try:
                 store = Store(new.cache_dir, new.size_limit)
             except StoreError as exc:
@@ -124,7 +135,9 @@ class CacheAddon:
         ip = _client_ip(flow)
         if not self.settings.is_allowed_client(ip):
             return f"client {ip} is not in cache_allow_clients"
-        if self.settings.strict_hosts and not self.settings.is_cached_host(flow.request.host, flow.request.port):
+        if self.settings.strict_hosts and not self.settings.is_cached_host(
+            flow.request.host, flow.request.port
+        ):
             return f"{flow.request.host}:{flow.request.port} is not in cache_hosts (cache_strict_hosts)"
         return None
 
@@ -141,7 +154,9 @@ class CacheAddon:
             return
         refusal = self._refusal(flow)
         if refusal:
-            logger.warning("refused %s %s from %s: %s", flow.request.method, flow.request.url, _client_ip(flow), refusal)
+            logger.warning(
+                "refused %s %s from %s: %s", flow.request.method, flow.request.url, _client_ip(flow), refusal
+            )
             flow.response = responses.forbidden(refusal)
             return
         req = flow.request
@@ -195,9 +210,15 @@ class CacheAddon:
         host, port = flow.client_conn.sockname[:2]
         host = f"[{host}]" if ":" in host else host
         scheme = "https" if flow.client_conn.tls_established else "http"
-        new_body = rewrite.rewrite_links(body, f"{scheme}://{host}:{port}", endpoint, self.settings.is_cached_host)
+        new_body = rewrite.rewrite_links(
+            body, f"{scheme}://{host}:{port}", endpoint, self.settings.is_cached_host
+        )
         # The rewritten document is sent unencoded; its ETag still names the upstream's document.
-        kept = [(k, v) for k, v in fields if k.lower() not in ("content-encoding", "content-length", "accept-ranges")]
+        kept = [
+            (k, v)
+            for k, v in fields
+            if k.lower() not in ("content-encoding", "content-length", "accept-ranges")
+        ]
         return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
 
     def _apply(self, flow: http.HTTPFlow, reply: Reply) -> None:
@@ -234,7 +255,13 @@ class CacheAddon:
             for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
                 flow.response.headers[name] = value
         size = flow.response.headers.get("content-length", "-")
-        logger.info("%s %s %s %s", flow.response.headers.get("x-cache", "-"), flow.response.status_code, size, meta["url"])
+        logger.info(
+            "%s %s %s %s",
+            flow.response.headers.get("x-cache", "-"),
+            flow.response.status_code,
+            size,
+            meta["url"],
+        )
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)

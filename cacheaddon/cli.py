@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
-from urllib.parse import urlsplit
 
 from cacheaddon import clientconfig, registries
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
 AddonFactory = Callable[[], object]
 
-DEFAULT_PROXY = "http://127.0.0.1:8080"
+DEFAULT_PROXY = clientconfig.DEFAULT_PROXY
 DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default, so `env` finds the CA `run` created
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 BUNDLE_NAME = "cacheaddon-ca-bundle.pem"
@@ -103,11 +102,14 @@ def _parser() -> _Parser:
 def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = None) -> int:
     """Run the console script; returns the exit status. `addon_factory` replaces the cache addon (tests)."""
     parser = _parser()
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+        if args.command != "run" and rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    except SystemExit as e:  # --help, or a usage error already printed
+        return _exit_status(e)
     if args.command == "run":
         return run_proxy(rest, args.registry, addon_factory)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)
@@ -247,17 +249,6 @@ def run_proxy(
 # --- env ---
 
 
-def _proxy_error(proxy: str) -> str | None:
-    try:
-        parts = urlsplit(proxy)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as e:
-        return f"--proxy: invalid URL {proxy!r} ({e})"
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        return f"--proxy: expected a URL such as {DEFAULT_PROXY}, got {proxy!r}"
-    return None
-
-
 def _system_certificates(bundle: Path) -> tuple[list[str], str]:
     """The system's CA certificates and the file they came from (never our own bundle)."""
     paths = ssl.get_default_verify_paths()
@@ -297,8 +288,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
     """Write the CA bundle and print the `export` lines for it and the proxy."""
-    if error := _proxy_error(proxy):
-        _fail("env", error)
+    try:
+        clientconfig.check_proxy_url(proxy)
+    except ValueError as e:
+        _fail("env", str(e))
         return 2
     ca_path = confdir / CA_CERT_NAME
     bundle = (Path(bundle_arg).expanduser() if bundle_arg else confdir / BUNDLE_NAME).absolute()
@@ -330,3 +323,7 @@ def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
     print(comment.encode("unicode_escape").decode("ascii"))
     print("\n".join(clientconfig.env_lines(proxy, str(bundle))))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

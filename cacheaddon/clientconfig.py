@@ -170,6 +170,20 @@ def snippet(client: str, endpoint: str | None = None) -> str:
 
 # --- `cacheaddon env`: variables a CI job evals, and the CA bundle they point at ---
 
+DEFAULT_PROXY = "http://127.0.0.1:8080"
+
+
+def check_proxy_url(proxy: str) -> None:
+    """Raises ValueError, naming `--proxy`, unless `proxy` is an http(s)://host[:port] URL."""
+    try:
+        parts = urlsplit(proxy)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as e:
+        raise ValueError(f"--proxy: invalid URL {proxy!r} ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"--proxy: expected a URL such as {DEFAULT_PROXY}, got {proxy!r}")
+
+
 # Loopback only: clients must reach the local reverse endpoints directly (through the forward proxy they
 # would loop back into it), and any wider entry could let registry traffic bypass the cache.
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -212,6 +226,6 @@ def pem_certificates(text: str) -> list[str]:
 
 def bundle_text(*sources: Iterable[str]) -> str:
     """One PEM bundle of the certificates from `sources`, in order, each certificate once."""
-    # dict keeps first-seen order: re-running `env` with SSL_CERT_FILE already at our bundle adds nothing.
+    # dict keeps first-seen order; a system store that already holds mitmproxy's CA must not list it twice.
     unique = dict.fromkeys(cert for source in sources for cert in source)
     return "".join(f"{cert}\n" for cert in unique)

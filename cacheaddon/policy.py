@@ -110,17 +110,20 @@ def credential_fingerprint(headers: Mapping[str, str], salt: bytes) -> str:
 
 
 def cache_key(request: RequestView, salt: bytes) -> str:
-    keyed = " ".join(f"{name}={_norm_value(request.header(name))}" for name in KEYED_HEADERS)
+    # Fields are joined with newlines, which neither a request target nor a header value can hold, so two
+    # different requests can never spell the same key.
+    keyed = "\n".join(f"{name}={_norm_value(request.header(name))}" for name in KEYED_HEADERS)
     owner = credential_fingerprint(request.headers, salt)
-    return f"{request.url} {keyed}" + (f" cred={owner}" if owner else "")
+    return f"{request.url}\n{keyed}" + (f"\ncred={owner}" if owner else "")
 
 
 def vary_names(vary_header: str) -> tuple[str, ...] | None:
-    """The request fields a response varies on beyond the keyed ones; None for Vary: * (never storable)."""
+    """The request fields a response varies on beyond the keyed ones; None for Vary: * (never storable).
+    Credentials are left out: the key already holds their salted hash, and they must never be stored."""
     names = tuple(dict.fromkeys(n.strip().lower() for n in vary_header.split(",") if n.strip()))
     if "*" in names:
         return None
-    return tuple(n for n in names if n not in KEYED_HEADERS)
+    return tuple(n for n in names if n not in KEYED_HEADERS and n not in CREDENTIAL_HEADERS)
 
 
 def vary_values(names: tuple[str, ...], request: RequestView) -> tuple[tuple[str, str], ...]:
@@ -252,11 +255,11 @@ def byte_range(value: str, size: int) -> tuple[int, int] | None | bool:
             return False
         return max(0, size - suffix), size - 1
     first = int(first_text)
+    if first >= size:
+        return False
     last = int(last_text) if last_text else size - 1
     if last < first:
         return None
-    if first >= size:
-        return False
     return first, min(last, size - 1)
 
 

@@ -10,6 +10,7 @@ client connection and one extra copy through the kernel; a 100 MB hit peaked at 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 _HEAD_LIMIT = 64 * 1024
 _IDLE = 120.0  # seconds an idle keep-alive connection from mitmproxy is kept
 _JOB_TTL = 60.0  # seconds a registered job waits for mitmproxy to ask for it
+_FILE_CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Job:
     offset: int = 0
     length: int = 0
     stream: AsyncIterator[bytes] | None = None  # or relay these chunks as they arrive
+    sha256: str | None = None  # a whole file to check while sending: the last chunk waits for the verdict
+    on_corrupt: Callable[[], Awaitable[None]] | None = None
     on_close: Callable[[], Awaitable[None]] | None = None  # always called once the job ends
 
 
@@ -106,6 +110,8 @@ class Relay:
         if head_only:
             await writer.drain()
             return True
+        if job.file is not None and job.sha256 is not None:
+            return await self._send_verified(job, writer)
         if job.file is not None:
             await writer.drain()
             await asyncio.get_running_loop().sendfile(writer.transport, job.file, job.offset, job.length)
@@ -126,5 +132,28 @@ class Relay:
             return False
         if chunked:
             writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async def _send_verified(self, job: Job, writer: asyncio.StreamWriter) -> bool:
+        """Sends a stored file while hashing it, holding the last chunk back until the hash is known: a body
+        that rotted on disk after it was last checked reaches the client cut short, never complete and wrong."""
+        assert job.file is not None
+        loop = asyncio.get_running_loop()
+        digest = hashlib.sha256()
+        pending = b""
+        while chunk := await loop.run_in_executor(None, job.file.read, _FILE_CHUNK):
+            digest.update(chunk)
+            if pending:
+                writer.write(pending)
+                await writer.drain()
+            pending = chunk
+        if digest.hexdigest() != job.sha256:
+            logger.warning("a cached body changed on disk while being served: the download was cut short")
+            if job.on_corrupt is not None:
+                await job.on_corrupt()
+            writer.transport.abort()
+            return False
+        writer.write(pending)
         await writer.drain()
         return True

@@ -90,6 +90,8 @@ class CacheService:
         for something the cache cannot answer now: it goes upstream and is not stored)."""
         key = policy.cache_key(request, self.store.salt)
         entry = await self._lookup(key)
+        if entry is not None and not policy.vary_matches(entry, request):
+            entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
         decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(host, now))
         if "range" in request.headers and decision.action is Action.FETCH:
@@ -151,7 +153,9 @@ class CacheService:
             return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
         assert body.file is not None
         fields = [*responses.served_fields(entry, outcome, detail, age), ("Content-Length", str(entry.size))]
-        return Reply(outcome, detail, job=Job(entry.status, entry.reason, fields, file=body.file, length=body.size))
+        job = Job(entry.status, entry.reason, fields, file=body.file, length=body.size, sha256=entry.sha256)
+        job.on_corrupt = lambda: self._disk(self.store.drop_body, entry)
+        return Reply(outcome, detail, job=job)
 
     def _partial(
         self, entry: Entry, body: Body, span: tuple[int, int] | bool, outcome: Outcome, detail: str, age: int

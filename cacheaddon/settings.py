@@ -219,7 +219,9 @@ def _non_negative(option: str, value: int) -> int:
 
 
 def default_cache_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    xdg = env.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative value is invalid and must be ignored.
+    base = xdg if os.path.isabs(xdg) else str(Path(env.get("HOME") or Path.home()) / ".cache")
     return Path(base) / "cacheaddon"
 
 

@@ -66,6 +66,26 @@ class _Disk(diskcache.Disk):  # type: ignore[misc]
         return super().store(value, read, key)
 
 
+def _salt(directory: Path) -> bytes:
+    """The directory's random salt, in a file of its own: an LRU entry could be evicted, and a new salt
+    would orphan every entry stored with credentials and split processes sharing the directory."""
+    path = directory / "salt"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".salt-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+        try:
+            os.link(tmp, path)  # atomic and fails if another process won the race: everyone reads the winner
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    salt = path.read_bytes()
+    if len(salt) != 32:
+        raise OSError(f"{path} is damaged; delete it (credentialed entries are then refetched)")
+    return salt
+
+
 def _wrap(exc: BaseException, what: str) -> StoreError:
     no_space = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
     if "database or disk is full" in str(exc):
@@ -85,8 +105,7 @@ class Store:
                 disk=_Disk,
                 disk_min_file_size=64 * 1024,
             )
-            self._cache.add("salt", os.urandom(32))
-            self.salt: bytes = self._cache.get("salt")
+            self.salt = _salt(directory)
             self._tmp = directory / _TMP
             self._tmp.mkdir(exist_ok=True)
         except Exception as exc:
@@ -195,6 +214,9 @@ class Store:
         except Exception as exc:
             raise _wrap(exc, "reading a body") from exc
         if value is None:
+            # diskcache answers None when a body's file vanished but its row stayed; drop the row too, or the
+            # next commit would only touch it and the body could never be stored again.
+            self._cache.delete("b " + entry.sha256)
             return None
         if isinstance(value, bytes):
             if hashlib.sha256(value).hexdigest() == entry.sha256:
@@ -237,6 +259,11 @@ class Store:
 
     def _corrupt(self, entry: Entry) -> None:
         logger.warning("cached body of %s does not match its sha256: dropped, will fetch again", entry.url)
+        self.drop_body(entry)
+
+    def drop_body(self, entry: Entry) -> None:
+        with self._lock:
+            self._verified.pop(entry.sha256, None)
         try:
             self._cache.delete("b " + entry.sha256)
         except Exception as exc:

@@ -54,7 +54,9 @@ def classify(exc: BaseException) -> UpstreamFailure:
             return UpstreamFailure("connection reset")
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.RemoteProtocolError):
-        return UpstreamFailure("connection closed before the body was complete")
+        if "without sending complete message body" in str(exc):
+            return UpstreamFailure("connection closed before the body was complete")
+        return UpstreamFailure(f"protocol error ({exc})")
     if isinstance(exc, httpx.ConnectError):
         return UpstreamFailure(f"connection failed ({exc})")
     return UpstreamFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -64,9 +66,14 @@ def tls_context(insecure: bool, cafile: str | None, capath: str | None) -> ssl.S
     """Upstream verification that follows mitmproxy's own ssl_* options."""
     if insecure:
         return False
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    # The system's CAs (SSL_CERT_FILE honoured: corporate roots live there) and certifi's, as mitmproxy uses.
     import certifi
 
-    return ssl.create_default_context(cafile=cafile or (None if capath else certifi.where()), capath=capath)
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    return context
 
 
 class Upstream:
@@ -104,7 +111,9 @@ def expected_length(response: httpx.Response) -> int | None:
 
 async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body as sent (still content-encoded); raises UpstreamFailure on a timeout or a short body."""
-    expected, seen = expected_length(response), 0
+    # A HEAD answer, a 304 and a 204 announce a length but carry no body (RFC 9110 6.4.1).
+    bodiless = response.request.method == "HEAD" or response.status_code in (204, 304)
+    expected, seen = (None if bodiless else expected_length(response)), 0
     try:
         async for chunk in response.aiter_raw(CHUNK):
             seen += len(chunk)

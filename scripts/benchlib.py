@@ -1,0 +1,348 @@
+"""Shared helpers of the benchmarks: ports, processes started and stopped by PID, a streaming origin server,
+peak RSS from /proc, medians and a plain-text table.
+
+Also runnable: `python scripts/benchlib.py origin --host 127.0.0.2 --port N` serves the origin until killed.
+The origin answers GET/HEAD /data/<size>/<name> (size in bytes or with a k/m/g suffix) with <size> bytes that
+depend only on the path, generated block by block: a 1 GiB body never sits in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MITMDUMP = ROOT / ".venv" / "bin" / "mitmdump"
+ADDON = ROOT / "cacheaddon" / "addon.py"
+ORIGIN_HOST = "127.0.0.2"  # in cache_hosts; never 127.0.0.1, so NO_PROXY=127.0.0.1 cannot bypass the proxy
+BLOCK = 1024 * 1024
+MiB = 1024 * 1024
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# Clients of the benchmarks must not pick up the machine's proxy settings.
+_PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    unit = text[-1] if text and text[-1] in "bkmg" else ""
+    return int(text[: len(text) - len(unit)]) * _UNITS[unit]
+
+
+def human_size(n: int) -> str:
+    for unit, div in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+# deterministic bodies
+
+
+@functools.lru_cache(maxsize=64)
+def _block(path: str, length: int) -> bytes:
+    return hashlib.shake_256(path.encode()).digest(length)
+
+
+def body_chunks(path: str, size: int) -> Iterator[bytes]:
+    """The body of `path`: one pseudo-random block (at most 1 MiB) repeated, then cut to `size`."""
+    block = _block(path, min(size, BLOCK))
+    full, rest = divmod(size, len(block)) if block else (0, 0)
+    for _ in range(full):
+        yield block
+    if rest:
+        yield block[:rest]
+
+
+def data_path(size: int, name: str) -> str:
+    return f"/data/{size}/{name}"
+
+
+def expected_sha256(path: str, size: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in body_chunks(path, size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+# the origin server
+
+
+class _OriginHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a registry
+    disable_nagle_algorithm = True  # else the body waits 40 ms for the ACK of the headers (delayed ACK)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _head(self) -> int | None:
+        parts = self.path.split("?", 1)[0].split("/")
+        if len(parts) != 4 or parts[1] != "data":
+            self.send_error(404)
+            return None
+        try:
+            size = parse_size(parts[2])
+        except (ValueError, KeyError):
+            self.send_error(400, "bad size")
+            return None
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.send_header("Cache-Control", "public, max-age=86400")
+        self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+        self.end_headers()
+        return size
+
+    def do_HEAD(self) -> None:
+        self._head()
+
+    def do_GET(self) -> None:
+        size = self._head()
+        if size is None:
+            return
+        try:
+            for chunk in body_chunks(self.path.split("?", 1)[0], size):
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+def serve_origin(host: str, port: int) -> None:
+    server = _Server((host, port), _OriginHandler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+
+
+# ports and processes
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def client_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Returns once host:port accepts connections; raises if the process exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout:.0f}s (pid {proc.pid})")
+
+
+class Process:
+    """A child process with its output in a log file; stopped by its PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path, host: str, port: int) -> None:
+        self.name, self.argv, self.log, self.host, self.port = name, list(argv), log, host, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> Process:
+        with open(self.log, "ab") as out:
+            out.write(f"===== {' '.join(self.argv)}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=client_env()
+            )
+        try:
+            wait_port(self.host, self.port, self.proc, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL by PID, from any thread; stop() still reaps it."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_origin(workdir: Path, host: str = ORIGIN_HOST) -> Process:
+    port = free_port(host)
+    argv = [sys.executable, str(Path(__file__).resolve()), "origin", "--host", host, "--port", str(port)]
+    return Process("origin", argv, workdir / "origin.log", host, port).start()
+
+
+def mitmdump_argv(
+    port: int, confdir: Path, *, addon: bool, cache_dir: Path | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    argv = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port), "--set", f"confdir={confdir}"]
+    if addon:
+        assert cache_dir is not None
+        argv += ["-s", str(ADDON), "--set", f"cache_dir={cache_dir}", "--set", f"cache_hosts={ORIGIN_HOST}"]
+    return argv + list(extra)
+
+
+def start_mitmdump(
+    name: str, workdir: Path, *, addon: bool, cache_dir: Path | None = None, extra: Sequence[str] = ()
+) -> Process:
+    port = free_port()
+    argv = mitmdump_argv(port, workdir / "conf", addon=addon, cache_dir=cache_dir, extra=extra)
+    return Process(name, argv, workdir / f"{name}.log", "127.0.0.1", port).start(timeout=60)
+
+
+# measurements
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A 'kB' field of /proc/PID/status, e.g. VmHWM (peak resident set) or VmRSS."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class RssSampler:
+    """Samples VmRSS of a process every `interval` seconds in a thread; past `cap_kb` it calls `on_cap` once
+    (the benchmarks kill the process by its PID there, so a buffering proxy cannot exhaust the machine)."""
+
+    def __init__(
+        self,
+        pid: int,
+        interval: float = 0.1,
+        cap_kb: int | None = None,
+        on_cap: Callable[[], None] | None = None,
+    ) -> None:
+        self.pid, self.interval, self.cap_kb, self.on_cap = pid, interval, cap_kb, on_cap
+        self.samples: list[tuple[float, int]] = []
+        self.tripped = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                kb = proc_status_kb(self.pid, "VmRSS")
+            except (OSError, KeyError):
+                return
+            self.samples.append((time.monotonic() - start, kb))
+            if self.cap_kb is not None and kb > self.cap_kb and not self.tripped:
+                self.tripped = True
+                if self.on_cap is not None:
+                    self.on_cap()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def max_kb(self) -> int:
+        return max((kb for _, kb in self.samples), default=0)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) for row in cells[1:]) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                c.rjust(w) if numeric[i] else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("x%"))
+    except ValueError:
+        return text in ("-", "")
+    return True
+
+
+def disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    origin = sub.add_parser("origin", help="serve deterministic bodies on host:port until SIGTERM")
+    origin.add_argument("--host", default=ORIGIN_HOST)
+    origin.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "origin":
+        serve_origin(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

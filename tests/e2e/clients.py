@@ -1,0 +1,435 @@
+"""The processes of the end-to-end tests: a mitmdump running the addon, and real pip and npm isolated from
+this machine's own configuration (global pip.conf and npmrc, PIP_* variables, CA variables, NO_PROXY)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from functools import cache
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+ADDON = REPO / "cacheaddon" / "addon.py"
+BIN = Path(sys.executable).parent
+MITMDUMP = BIN / "mitmdump"
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
+MITM_CA_NAME = "mitmproxy-ca-cert.pem"
+DEFAULT_CACHE_HOSTS = ("127.0.0.2", "127.0.0.3", "localhost")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+_PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+X_CACHE = ("HIT", "MISS", "REVALIDATED", "STALE")
+_URL = r"(https?://[^\s\"'<>]+)"
+_OUTCOME = r"\b(HIT|MISS|REVALIDATED|STALE)\b"
+_CACHE_LINE = re.compile(f"{_OUTCOME}.*?{_URL}|{_URL}.*?{_OUTCOME}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def build_bundle(mitm_ca: Path, dest: Path) -> Path:
+    """System CAs (or certifi's) followed by mitmproxy's CA: what a client behind the proxy must trust."""
+    if SYSTEM_CAS.is_file():
+        system = SYSTEM_CAS.read_text()
+    else:
+        import certifi
+
+        system = Path(certifi.where()).read_text()
+    dest.write_text(system.rstrip("\n") + "\n" + mitm_ca.read_text())
+    return dest
+
+
+class MitmConf:
+    """The session's mitmproxy confdir: its CA is made by the first mitmdump and reused by every later one."""
+
+    def __init__(self, confdir: Path) -> None:
+        self.confdir = confdir
+        self.ca_cert = confdir / MITM_CA_NAME
+        self.bundle = confdir / "client-bundle.pem"
+
+    def ensure_bundle(self) -> Path:
+        if not self.bundle.exists():
+            build_bundle(self.ca_cert, self.bundle)
+        return self.bundle
+
+
+def _option_args(name: str, value: object) -> list[str]:
+    values = value if isinstance(value, list | tuple) else [value]
+    args = []
+    for v in values:
+        text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        args += ["--set", f"{name}={text}"]
+    return args
+
+
+class Proxy:
+    """A `mitmdump -s cacheaddon/addon.py` subprocess; restartable on the same port and cache_dir."""
+
+    def __init__(
+        self,
+        mitm: MitmConf,
+        registry_ca: Path,
+        cache_dir: Path,
+        log_path: Path,
+        options: Mapping[str, object],
+        port: int | None = None,
+    ) -> None:
+        self.mitm = mitm
+        self.registry_ca = registry_ca
+        self.cache_dir = cache_dir
+        self.log_path = log_path
+        self.options = dict(options)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def confdir(self) -> Path:
+        return self.mitm.confdir
+
+    @property
+    def bundle(self) -> Path:
+        return self.mitm.bundle
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def argv(self) -> list[str]:
+        options: dict[str, object] = {"cache_hosts": list(DEFAULT_CACHE_HOSTS), **self.options}
+        args = [
+            str(MITMDUMP),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--set",
+            f"confdir={self.confdir}",
+            "-s",
+            str(ADDON),
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={self.registry_ca}",
+            "--set",
+            f"cache_dir={self.cache_dir}",
+        ]
+        for name, value in options.items():
+            args += _option_args(name, value)
+        return args
+
+    def start(self) -> Proxy:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"proxy already running (pid {self.proc.pid})")
+        env = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = self.argv()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== e2e: starting {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.log_path.parent,
+                start_new_session=True,
+            )
+        self._wait_ready()
+        self.mitm.ensure_bundle()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.mitm.ca_cert.exists():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"mitmdump not ready on port {self.port} after {START_TIMEOUT}s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+    def restart(self, **options: object) -> Proxy:
+        """Stops, then starts again on the same port and cache_dir; `options` are merged into the old ones."""
+        self.stop()
+        self.options.update(options)
+        return self.start()
+
+    def log_size(self) -> int:
+        """A mark for log_text(since=...): only what is logged after this call."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self, since: int = 0) -> str:
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def cache_log(self, since: int = 0) -> list[tuple[str, str]]:
+        """(X-Cache value, URL) of every addon log line from `since` on."""
+        return cache_outcomes(self.log_text(since))
+
+
+ProxyFactory = Callable[..., "Proxy"]  # the proxy_factory fixture: start(**options) -> Proxy
+
+
+def report(result: ClientResult, proxy: Proxy | None = None) -> str:
+    """An assertion message: the client's command and output, then the end of the proxy's log."""
+    text = result.output + f"\n--- took {result.elapsed:.1f}s, exit {result.returncode}"
+    if proxy is not None:
+        text += f"\n--- mitmdump log (pid {proxy.pid}), last lines\n{proxy.log_tail()}"
+    return text
+
+
+def cache_outcomes(text: str) -> list[tuple[str, str]]:
+    out = []
+    for line in text.splitlines():
+        m = _CACHE_LINE.search(line)
+        if m:
+            outcome, url = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+            out.append((outcome, url))
+    return out
+
+
+# --- clients ------------------------------------------------------------------------------------------------
+
+
+class ClientResult(subprocess.CompletedProcess[str]):
+    """A CompletedProcess that also knows how long it took, whether it timed out, and where it installed."""
+
+    def __init__(self, args: list[str], returncode: int, stdout: str, stderr: str) -> None:
+        super().__init__(args, returncode, stdout, stderr)
+        self.elapsed = 0.0
+        self.timed_out = False
+        self.dir: Path | None = None
+
+    @property
+    def output(self) -> str:
+        return f"$ {' '.join(map(str, self.args))}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def _run(cmd: list[str], env: Mapping[str, str], timeout: float, cwd: Path) -> ClientResult:
+    """Runs cmd in its own process group, killed on timeout; never raises for the child's failure."""
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out, err = "", ""
+        err = (err or "") + f"\n[e2e: killed after {timeout}s]\n"
+    result = ClientResult(cmd, proc.returncode if proc.returncode is not None else -9, out or "", err or "")
+    result.elapsed = time.monotonic() - start
+    result.timed_out = timed_out
+    return result
+
+
+def client_env(proxy: Proxy | None = None, *, bundle: Path | str | None = None) -> dict[str, str]:
+    """This process's environment without PIP_*, npm_config_*, proxy and CA settings, then trusting `bundle`
+    (default: the proxy's bundle) and, given a proxy, sending HTTP(S) through it."""
+    if bundle is None:
+        if proxy is None:
+            raise ValueError("client_env needs a proxy or a bundle")
+        bundle = proxy.bundle
+    dropped = ("PIP_", "NPM_CONFIG_", "UV_")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(dropped) and k.upper() not in _PROXY_VARS and k != "PYTHONPATH"
+    }
+    env["PIP_CONFIG_FILE"] = os.devnull
+    for name in ("REQUESTS_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+        env[name] = str(bundle)
+    if proxy is not None:
+        for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+            env[name] = proxy.url
+    return env
+
+
+@cache
+def pip_compat_args() -> tuple[str, ...]:
+    """pip >= 24.2 verifies TLS with truststore, which fails on hosts given as IP addresses
+    ("check_hostname requires server_hostname", pypa/pip#12906); the test hosts are IPs: take the old path."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--use-deprecated=?", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PIP_CONFIG_FILE": os.devnull},
+    )
+    return ("--use-deprecated=legacy-certs",) if "legacy-certs" in probe.stderr else ()
+
+
+def pip_install(
+    tmp_path: Path,
+    packages: Iterable[str],
+    index_url: str,
+    env: Mapping[str, str],
+    timeout: float = 120,
+    *,
+    retries: int = 0,
+    extra_args: Iterable[str] = (),
+) -> ClientResult:
+    """Installs into a fresh, pip-less venv with this venv's pip (`pip --python`); result.dir is the venv."""
+    venv = Path(tempfile.mkdtemp(prefix="venv-", dir=tmp_path))
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env, 60, tmp_path)
+    made.dir = venv
+    if made.returncode != 0:
+        return made
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(venv / "bin" / "python"),
+        "install",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--retries",
+        str(retries),
+        *pip_compat_args(),
+        "--index-url",
+        index_url,
+        *extra_args,
+        *packages,
+    ]
+    result = _run(cmd, env, timeout, venv)
+    result.dir = venv
+    return result
+
+
+def installed_version(venv: Path, module: str) -> str | None:
+    """VERSION of an installed test package, read from the venv's site-packages, or None."""
+    for init in venv.glob(f"lib/python*/site-packages/{module}/__init__.py"):
+        m = re.search(r'VERSION = "([^"]+)"', init.read_text())
+        return m.group(1) if m else None
+    return None
+
+
+def npm_install(
+    tmp_path: Path,
+    packages: Iterable[str],
+    registry_url: str,
+    env: Mapping[str, str],
+    timeout: float = 120,
+    *,
+    fetch_retries: int = 0,
+    extra_args: Iterable[str] = (),
+) -> ClientResult:
+    """`npm install` in a fresh project with an empty cache and empty user/global npmrc; the CA file is
+    env's SSL_CERT_FILE and the proxy env's HTTPS_PROXY, both passed as flags. result.dir is the project."""
+    project = Path(tempfile.mkdtemp(prefix="npm-", dir=tmp_path))
+    cache = Path(tempfile.mkdtemp(prefix="npm-cache-", dir=tmp_path))
+    # Two empty files: npm refuses one file as both user and global config.
+    userconfig = project.parent / f"{project.name}.user.npmrc"
+    globalconfig = project.parent / f"{project.name}.global.npmrc"
+    userconfig.write_text("")
+    globalconfig.write_text("")
+    (project / "package.json").write_text(
+        json.dumps({"name": "e2e-project", "version": "1.0.0", "private": True}, indent=2) + "\n"
+    )
+    npm = shutil.which("npm", path=env.get("PATH")) or "npm"
+    cmd = [
+        npm,
+        "install",
+        "--registry",
+        registry_url,
+        "--cache",
+        str(cache),
+        "--userconfig",
+        str(userconfig),
+        "--globalconfig",
+        str(globalconfig),
+        "--cafile",
+        env["SSL_CERT_FILE"],
+        "--no-audit",
+        "--no-fund",
+        "--no-update-notifier",
+        f"--fetch-retries={fetch_retries}",
+        "--fetch-timeout=60000",
+        "--loglevel=http",
+    ]
+    if env.get("HTTPS_PROXY"):
+        cmd += ["--https-proxy", env["HTTPS_PROXY"], "--proxy", env["HTTPS_PROXY"]]
+    cmd += [*extra_args, *packages]
+    result = _run(cmd, env, timeout, project)
+    result.dir = project
+    return result
+
+
+def npm_installed_version(project: Path, name: str) -> str | None:
+    manifest = project / "node_modules" / name / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.is_file() else None
+
+
+def fetch(
+    proxy: Proxy, url: str, headers: Mapping[str, str] | None = None, *, timeout: float = 30.0
+) -> tuple[int, httpx.Headers, bytes]:
+    """One GET through the proxy, trusting the proxy's bundle; no environment settings apply."""
+    verify = ssl.create_default_context(cafile=str(proxy.bundle))
+    with httpx.Client(proxy=proxy.url, verify=verify, trust_env=False, timeout=timeout) as client:
+        response = client.get(url, headers=dict(headers or {}))
+        return response.status_code, response.headers, response.content
