@@ -68,7 +68,10 @@ class CacheAddon:
         self.service: CacheService | None = None
         self.relay = Relay()
         self.health = HostHealth()
-        self.pool = ThreadPoolExecutor(8, thread_name_prefix="cacheaddon-disk")
+        self.pools = (
+            ThreadPoolExecutor(1, thread_name_prefix="cacheaddon-db"),
+            ThreadPoolExecutor(4, thread_name_prefix="cacheaddon-io"),
+        )
 
     def load(self, loader: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at info
@@ -116,7 +119,7 @@ class CacheAddon:
             old_upstream, self.upstream = self.upstream, Upstream(new.upstream_timeout, verify)
             if old_upstream is not None:
                 _close_later(old_upstream)
-        self.service = CacheService(new, self.store, self.upstream, self.health, self.pool)
+        self.service = CacheService(new, self.store, self.upstream, self.health, self.pools)
 
     async def running(self) -> None:
         await self.relay.start()
@@ -127,10 +130,11 @@ class CacheAddon:
             await self.upstream.aclose()
         if self.store is not None:
             self.store.close()
-        self.pool.shutdown(wait=False)
+        for pool in self.pools:
+            pool.shutdown(wait=False)
 
     def _refusal(self, flow: http.HTTPFlow) -> str | None:
-        """Why this client or destination is refused, if it is (not an open proxy; optional egress firewall)."""
+        """Why this client or destination is refused, if it is: not an open proxy; egress firewall."""
         assert self.settings is not None
         ip = _client_ip(flow)
         if not self.settings.is_allowed_client(ip):
@@ -204,9 +208,10 @@ class CacheAddon:
             return Reply(reply.outcome, detail, responses.error(502, flow.request.url, detail, reply.outcome))
         content_encoding = next((v for k, v in fields if k.lower() == "content-encoding"), "identity")
         try:
-            body = encoding.decode(body, content_encoding)
+            decoded = encoding.decode(body, content_encoding)
         except ValueError:
             return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
+        body = decoded if isinstance(decoded, bytes) else decoded.encode()
         host, port = flow.client_conn.sockname[:2]
         host = f"[{host}]" if ":" in host else host
         scheme = "https" if flow.client_conn.tls_established else "http"

@@ -29,7 +29,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Request fields that make an answer private to whoever sent them (npm's _authToken is a Bearer Authorization).
+# Request fields that make an answer private to whoever sent them (npm's _authToken is sent as a Bearer
+# Authorization).
 CREDENTIAL_HEADERS = ("authorization", "cookie", "x-nuget-apikey", "private-token", "x-jfrog-art-api")
 # Always part of the key: registries negotiate on them without always saying so in Vary (npm does not).
 KEYED_HEADERS = ("accept", "accept-encoding")
@@ -89,7 +90,7 @@ def normalize_url(scheme: str, host: str, port: int, path: str) -> str:
 
 
 def _canonical_escape(match: re.Match[str]) -> str:
-    """RFC 3986 6.2.2: escapes of unreserved characters decoded, the others upper-cased (%2f stays escaped)."""
+    """RFC 3986 6.2.2: escapes of unreserved characters decoded, others upper-cased (%2f stays escaped)."""
     char = chr(int(match[1], 16))
     return char if char in _UNRESERVED else "%" + match[1].upper()
 
@@ -245,7 +246,11 @@ def byte_range(value: str, size: int) -> tuple[int, int] | None | bool:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first_text, dash, last_text = spec.strip().partition("-")
-    if not dash or not (first_text.isdigit() or first_text == "") or not (last_text.isdigit() or last_text == ""):
+    if (
+        not dash
+        or not (first_text.isdigit() or first_text == "")
+        or not (last_text.isdigit() or last_text == "")
+    ):
         return None
     if first_text == "":
         if last_text == "":

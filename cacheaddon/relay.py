@@ -137,13 +137,12 @@ class Relay:
 
     async def _send_verified(self, job: Job, writer: asyncio.StreamWriter) -> bool:
         """Sends a stored file while hashing it, holding the last chunk back until the hash is known: a body
-        that rotted on disk after it was last checked reaches the client cut short, never complete and wrong."""
+        that rotted on disk since it was last checked reaches the client cut short, never whole and wrong."""
         assert job.file is not None
         loop = asyncio.get_running_loop()
         digest = hashlib.sha256()
         pending = b""
-        while chunk := await loop.run_in_executor(None, job.file.read, _FILE_CHUNK):
-            digest.update(chunk)
+        while chunk := await loop.run_in_executor(None, _read_hashed, job.file, digest):
             if pending:
                 writer.write(pending)
                 await writer.drain()
@@ -157,3 +156,9 @@ class Relay:
         writer.write(pending)
         await writer.drain()
         return True
+
+
+def _read_hashed(file: BinaryIO, digest: hashlib._Hash) -> bytes:
+    chunk = file.read(_FILE_CHUNK)
+    digest.update(chunk)
+    return chunk

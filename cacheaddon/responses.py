@@ -34,7 +34,9 @@ def make(status: int, reason: str, fields: list[tuple[str, str]], body: bytes) -
     headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields])
     headers["content-length"] = str(len(body))
     now = time.time()
-    return http.Response(b"HTTP/1.1", status, reason.encode("latin-1", "replace"), headers, body, None, now, now)
+    return http.Response(
+        b"HTTP/1.1", status, reason.encode("latin-1", "replace"), headers, body, None, now, now
+    )
 
 
 def served_fields(entry: Entry, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
@@ -55,7 +57,9 @@ def head_from_entry(entry: Entry, outcome: Outcome, detail: str, age: int) -> ht
     return response
 
 
-def partial_fields(entry: Entry, first: int, last: int, outcome: Outcome, detail: str, age: int) -> list[tuple[str, str]]:
+def partial_fields(
+    entry: Entry, first: int, last: int, outcome: Outcome, detail: str, age: int
+) -> list[tuple[str, str]]:
     fields = served_fields(entry, outcome, detail, age)
     return [*fields, ("Content-Range", f"bytes {first}-{last}/{entry.size}")]
 

@@ -24,8 +24,9 @@ from cacheaddon.health import HostHealth
 from cacheaddon.policy import Action, Decision, Outcome, RequestView
 from cacheaddon.relay import Job
 from cacheaddon.settings import Settings
+from cacheaddon.spool import Spool, Spooled
 from cacheaddon.store import Body, Store, StoreError
-from cacheaddon.upstream import Spool, Spooled, Upstream, UpstreamFailure, expected_length, raw_chunks
+from cacheaddon.upstream import Upstream, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,14 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
-_NOT_FORWARDED = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range")
+_NOT_FORWARDED = (
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+)
 
 
 @dataclass
@@ -51,36 +59,50 @@ class Reply:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def discard(self) -> None:
-        if self.job is not None and self.job.file is not None:
+        """Releases what an unused reply holds: its open file, or its upstream stream."""
+        if self.job is None:
+            return
+        if self.job.file is not None:
             self.job.file.close()
+        stream = self.job.stream
+        if stream is not None and hasattr(stream, "aclose"):
+            asyncio.get_running_loop().create_task(stream.aclose())
 
 
 class CacheService:
     def __init__(
-        self, settings: Settings, store: Store, upstream: Upstream, health: HostHealth, pool: ThreadPoolExecutor
+        self,
+        settings: Settings,
+        store: Store,
+        upstream: Upstream,
+        health: HostHealth,
+        pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
     ) -> None:
-        self.settings, self.store, self.upstream, self.health, self.pool = (
-            settings,
-            store,
-            upstream,
-            health,
-            pool,
-        )
+        self.settings, self.store, self.upstream, self.health = settings, store, upstream, health
+        # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
+        # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
+        self.db_pool, self.pool = pools
         self._background: set[asyncio.Task[Any]] = set()
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
 
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def _lookup(self, key: str) -> Entry | None:
         try:
-            return await self._disk(self.store.get, key)
+            return await self._db(self.store.get, key)
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
 
     async def _read(self, entry: Entry) -> Body | None:
         try:
-            return await self._disk(self.store.read_body, entry, INLINE_LIMIT)
+            value = await self._db(self.store.open_body, entry)
+            return (
+                None if value is None else await self._disk(self.store.check_body, entry, value, INLINE_LIMIT)
+            )
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
@@ -130,14 +152,18 @@ class CacheService:
 
     async def _probe(self, request: RequestView, url: str, host: str, key: str, entry: Entry) -> None:
         try:
-            reply = await self._fetch(request, url, host, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe"))
+            reply = await self._fetch(
+                request, url, host, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe")
+            )
             reply.discard()
         except Exception:
             logger.exception("background revalidation of %s failed", url)
         finally:
             self.health.end_probe(host)
 
-    async def _serve(self, entry: Entry, decision: Decision, request: RequestView, now: float) -> Reply | None:
+    async def _serve(
+        self, entry: Entry, decision: Decision, request: RequestView, now: float
+    ) -> Reply | None:
         outcome, detail, age = decision.outcome, decision.reason, policy.age(entry, now)
         if policy.client_has_current(entry, request):
             return Reply(outcome, detail, responses.not_modified(entry, outcome, detail, age))
@@ -147,14 +173,18 @@ class CacheService:
         if body is None:
             return None
         span = policy.byte_range(request.header("range"), entry.size) if "range" in request.headers else None
-        if span is not None and entry.status == 200 and policy.if_range_allows(entry, request.header("if-range")):
+        if (
+            span is not None
+            and entry.status == 200
+            and policy.if_range_allows(entry, request.header("if-range"))
+        ):
             return self._partial(entry, body, span, outcome, detail, age)
         if body.data is not None:
             return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
         assert body.file is not None
         fields = [*responses.served_fields(entry, outcome, detail, age), ("Content-Length", str(entry.size))]
         job = Job(entry.status, entry.reason, fields, file=body.file, length=body.size, sha256=entry.sha256)
-        job.on_corrupt = lambda: self._disk(self.store.drop_body, entry)
+        job.on_corrupt = lambda: self._db(self.store.drop_body, entry)
         return Reply(outcome, detail, job=job)
 
     def _partial(
@@ -168,7 +198,9 @@ class CacheService:
         first, last = span
         fields = responses.partial_fields(entry, first, last, outcome, detail, age)
         if body.data is not None:
-            return Reply(outcome, detail, responses.make(206, "Partial Content", fields, body.data[first : last + 1]))
+            return Reply(
+                outcome, detail, responses.make(206, "Partial Content", fields, body.data[first : last + 1])
+            )
         assert body.file is not None
         fields.append(("Content-Length", str(last - first + 1)))
         job = Job(206, "Partial Content", fields, file=body.file, offset=first, length=last - first + 1)
@@ -207,9 +239,9 @@ class CacheService:
             await upstream.aclose()
             fresh = entry.refreshed(now, responses.storable_headers(upstream.headers.multi_items()))
             await self._save_record(key, fresh)
-            return await self._serve(fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now) or (
-                await self.answer_without(request, url, host, key)
-            )
+            return await self._serve(
+                fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now
+            ) or (await self.answer_without(request, url, host, key))
         fields = responses.storable_headers(upstream.headers.multi_items())
         length = expected_length(upstream)
         lower = {k.lower(): v for k, v in fields}
@@ -239,10 +271,23 @@ class CacheService:
             return await self._failed(UpstreamFailure(f"answered {status}"), request, url, host, entry)
         self.health.failed(host, time.time(), self.settings.upstream_backoff)
         detail = f"upstream answered {status}"
-        fields = [*responses.storable_headers(upstream.headers.multi_items()), *responses.cache_fields(Outcome.MISS, detail)]
-        return Reply(Outcome.MISS, detail, responses.make(status, upstream.reason_phrase, fields, body[:_ERROR_BODY_LIMIT]))
+        fields = [
+            *responses.storable_headers(upstream.headers.multi_items()),
+            *responses.cache_fields(Outcome.MISS, detail),
+        ]
+        return Reply(
+            Outcome.MISS,
+            detail,
+            responses.make(status, upstream.reason_phrase, fields, body[:_ERROR_BODY_LIMIT]),
+        )
 
-    def _new_entry(self, request: RequestView, upstream: httpx.Response, fields: tuple[tuple[str, str], ...], body: Spooled) -> Entry:
+    def _new_entry(
+        self,
+        request: RequestView,
+        upstream: httpx.Response,
+        fields: tuple[tuple[str, str], ...],
+        body: Spooled,
+    ) -> Entry:
         names = policy.vary_names(upstream.headers.get("vary", "")) or ()
         return Entry(
             url=request.url,
@@ -257,39 +302,35 @@ class CacheService:
 
     async def _save_record(self, key: str, entry: Entry) -> None:
         try:
-            await self._disk(self.store.put_record, key, entry)
+            await self._db(self.store.put_record, key, entry)
         except StoreError as exc:
             logger.warning("could not update the cache record of %s: %s", entry.url, exc)
 
     async def _commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+        """Stores a complete body unless it contradicts the digest its index published; then remembers the
+        digests an index document publishes for its files. Hashing and parsing run off the database thread."""
         try:
-            await self._disk(self._commit_checked, key, entry, body)
-        except StoreError as exc:
-            level = "disk full" if exc.no_space else "store error"
-            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
-
-    def _commit_checked(self, key: str, entry: Entry, body: bytes | str) -> None:
-        """In the disk pool: refuse a file whose bytes differ from the digest its index published, store,
-        then remember the digests an index document publishes for its files."""
-        expected = self.store.expected_digest(entry.url)
-        if expected is not None and not _digest_ok(expected, entry, body):
-            logger.warning("%s does not match the digest its index published (%s): not cached", entry.url, expected)
-            if isinstance(body, str):
-                self.store.discard(body)
-            return
-        content_type = entry.header("content-type") or ""
-        doc = None
-        if entry.status == 200 and entry.size <= _DOC_LIMIT and ("json" in content_type or "html" in content_type):
-            doc = body if isinstance(body, bytes) else Path(body).read_bytes()
-        self.store.commit(key, entry, body)
-        if doc is not None:
-            try:
-                doc = encoding.decode(doc, entry.header("content-encoding") or "identity")
-            except ValueError:
+            expected = await self._db(self.store.expected_digest, entry.url)
+            if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
+                logger.warning(
+                    "%s does not match the digest its index published (%s): not cached", entry.url, expected
+                )
+                if isinstance(body, str):
+                    await self._disk(self.store.discard, body)
                 return
-            found = digests.published(entry.url, content_type, doc)
-            if found:
-                self.store.record_digests(found)
+            doc = await self._disk(_document, entry, body)
+            await self._db(self.store.commit, key, entry, body)
+            if isinstance(body, str):
+                await self._db(self.store.remember_verified, entry)
+            if doc is not None:
+                found = await self._disk(
+                    digests.published, entry.url, entry.header("content-type") or "", doc
+                )
+                if found:
+                    await self._db(self.store.record_digests, found)
+        except (StoreError, OSError) as exc:
+            level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
+            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
 
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit
@@ -317,7 +358,9 @@ class CacheService:
             return await self._failed(failure, request, url, host, entry)
         body = await spool.finish()
         if body is None:  # the disk failed under a body too large to hold in memory
-            return await self._failed(UpstreamFailure("body could not be spooled (disk full?)"), request, url, host, entry)
+            return await self._failed(
+                UpstreamFailure("body could not be spooled (disk full?)"), request, url, host, entry
+            )
         outcome = Outcome.MISS
         if why_not is None and body.size > self.settings.max_object_size:
             why_not = detail = f"not stored: larger than cache_max_object_size ({body.size} bytes)"
@@ -329,7 +372,9 @@ class CacheService:
             if why_not is None and policy.client_has_current(new, request):
                 return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
-            response = responses.make(new.status, new.reason, [*fields, *responses.cache_fields(outcome, detail)], data)
+            response = responses.make(
+                new.status, new.reason, [*fields, *responses.cache_fields(outcome, detail)], data
+            )
             if request.method == "HEAD":
                 response.headers["content-length"] = str(body.size)
             return Reply(outcome, detail, response)
@@ -350,7 +395,7 @@ class CacheService:
         why_not: str | None,
         detail: str,
     ) -> Reply:
-        """Streams a large body to the client while it is written to the cache; stored only if it arrived whole."""
+        """Streams a large body to the client while it is written to the cache: stored only if whole."""
         spool = self._spool(0 if why_not else None)
         served = [*fields, *responses.cache_fields(Outcome.MISS, detail)]
         length = expected_length(upstream)
@@ -366,7 +411,11 @@ class CacheService:
                 body = await spool.finish()
                 done = True
                 if body is not None and why_not is None:
-                    await self._commit(key, self._new_entry(request, upstream, fields, body), body.data if body.data is not None else str(body.path))
+                    await self._commit(
+                        key,
+                        self._new_entry(request, upstream, fields, body),
+                        body.data if body.data is not None else str(body.path),
+                    )
             finally:
                 if not done:
                     await spool.abort()
@@ -390,3 +439,20 @@ def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digests.matches(expected, {algo: digest.hexdigest()}) is not False
+
+
+def _document(entry: Entry, body: bytes | str) -> bytes | None:
+    """An index document's decoded bytes, to look for published digests in; None for anything else."""
+    content_type = entry.header("content-type") or ""
+    if (
+        entry.status != 200
+        or entry.size > _DOC_LIMIT
+        or not ("json" in content_type or "html" in content_type)
+    ):
+        return None
+    data = body if isinstance(body, bytes) else Path(body).read_bytes()
+    try:
+        decoded = encoding.decode(data, entry.header("content-encoding") or "identity")
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, bytes) else decoded.encode()

@@ -188,7 +188,9 @@ def split_list(values: Sequence[str] | str) -> tuple[str, ...]:
 def parse_size(option: str, text: str) -> int:
     m = _SIZE_RE.fullmatch(text.strip().lower())
     if not m:
-        raise ValueError(f"{option}: {text!r} is not a size (bytes, or a number with a k/m/g suffix, e.g. 100m)")
+        raise ValueError(
+            f"{option}: {text!r} is not a size (bytes, or a number with a k/m/g suffix, e.g. 100m)"
+        )
     return int(m[1]) * _SIZE_UNITS[m[2] or "b"]
 
 

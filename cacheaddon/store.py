@@ -209,15 +209,32 @@ class Store:
     def read_body(self, entry: Entry, inline_limit: int = 0) -> Body | None:
         """The entry's body, checked against its sha256; None (and the body dropped) when missing or corrupt.
         Bodies up to inline_limit bytes come back in memory, larger ones as an open file."""
+        value = self.open_body(entry)
+        return None if value is None else self.check_body(entry, value, inline_limit)
+
+    def open_body(self, entry: Entry) -> bytes | BinaryIO | None:
+        """The stored body as diskcache gives it (the database part of read_body: bytes or an open file)."""
         try:
             value = self._cache.get("b " + entry.sha256, read=True)
+            if value is None:
+                # diskcache answers None when a body's file vanished but its row stayed; drop the row too, or
+                # the next commit would only touch it and the body could never be stored again.
+                self._cache.delete("b " + entry.sha256)
         except Exception as exc:
             raise _wrap(exc, "reading a body") from exc
-        if value is None:
-            # diskcache answers None when a body's file vanished but its row stayed; drop the row too, or the
-            # next commit would only touch it and the body could never be stored again.
-            self._cache.delete("b " + entry.sha256)
-            return None
+        return value  # type: ignore[no-any-return]
+
+    def remember_verified(self, entry: Entry) -> None:
+        """After a commit: the body was hashed as it arrived, so its first hit need not hash it again."""
+        value = self.open_body(entry)
+        if value is not None and not isinstance(value, bytes):
+            with value:
+                st = os.fstat(value.fileno())
+                with self._lock:
+                    self._verified[entry.sha256] = (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def check_body(self, entry: Entry, value: bytes | BinaryIO, inline_limit: int) -> Body | None:
+        """The file-reading part of read_body: hashes, and drops the body when it does not match."""
         if isinstance(value, bytes):
             if hashlib.sha256(value).hexdigest() == entry.sha256:
                 return Body(value, None, len(value))

@@ -7,16 +7,10 @@ the request hook, where every failure can still be turned into a stale answer.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import BinaryIO
 
 import httpx
 
@@ -90,7 +84,7 @@ class Upstream:
         await self._client.aclose()
 
     async def open(self, method: str, url: str, headers: Mapping[str, str]) -> httpx.Response:
-        """Sends the request and waits for the response head; the body is left to read. Raises UpstreamFailure."""
+        """Sends the request and waits for the response head. Raises UpstreamFailure."""
         forwarded = {k: v for k, v in headers.items() if k not in HOP_BY_HOP and k != "host"}
         request = self._client.build_request(method, url, headers=forwarded)
         for name in _HTTPX_DEFAULTS:  # send what the client sent, not httpx's own defaults
@@ -124,89 +118,3 @@ async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
         await response.aclose()
     if expected is not None and seen != expected:
         raise UpstreamFailure(f"body cut short ({seen} of {expected} bytes)")
-
-
-@dataclass
-class Spooled:
-    data: bytes | None  # small bodies stay in memory
-    path: str | None  # larger ones were written to this temporary file
-    size: int
-    sha256: str
-
-
-class Spool:
-    """Collects a body while it streams: hashes it and keeps it in memory up to a limit, then in a file.
-
-    File writes go to a thread so the event loop never waits on the disk."""
-
-    def __init__(
-        self, memory_limit: int, open_file: object, pool: ThreadPoolExecutor, size_limit: int
-    ) -> None:
-        self._memory_limit, self._size_limit = memory_limit, size_limit
-        self._open_file = open_file  # () -> (BinaryIO, path), called only when the body outgrows memory
-        self._pool = pool
-        self._buffer: list[bytes] = []
-        self._file: BinaryIO | None = None
-        self.path: str | None = None
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.unusable = ""  # why this body cannot be stored, once it cannot
-
-    async def write(self, chunk: bytes) -> None:
-        """Never raises for a storage problem: the client's download must go on whatever the disk does."""
-        if self.unusable:
-            return
-        self.size += len(chunk)
-        if self.size > self._size_limit:
-            self.unusable = "larger than cache_max_object_size"
-            await self.abort()
-            return
-        self._hash.update(chunk)
-        if self._file is None and self.size <= self._memory_limit:
-            self._buffer.append(chunk)
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            if self._file is None:
-                self._file, self.path = await loop.run_in_executor(self._pool, self._open_file)  # type: ignore[arg-type]
-                pending, self._buffer = b"".join(self._buffer), []
-                await loop.run_in_executor(self._pool, self._file.write, pending)
-            await loop.run_in_executor(self._pool, self._file.write, chunk)
-        except Exception as exc:  # ENOSPC, EIO, a StoreError from open_file
-            logger.warning("cannot write to the cache (%s): this download is passed on but not stored", exc)
-            self.unusable = f"cache write failed: {exc}"
-            await self.abort()
-
-    async def finish(self) -> Spooled | None:
-        """The complete body, or None when it could not be kept."""
-        if self.unusable:
-            return None
-        if self._file is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._pool, self._file.close)
-            except OSError as exc:
-                logger.warning("cannot write to the cache (%s): not stored", exc)
-                self.unusable = f"cache write failed: {exc}"
-                await self.abort()
-                return None
-            return Spooled(None, self.path, self.size, self._hash.hexdigest())
-        return Spooled(b"".join(self._buffer), None, self.size, self._hash.hexdigest())
-
-    async def abort(self) -> None:
-        self._buffer = []
-        if self._file is not None:
-            file, path, self._file = self._file, self.path, None
-            loop = asyncio.get_running_loop()
-            try:
-                await loop.run_in_executor(self._pool, file.close)
-            except OSError:
-                pass
-            if path:
-                await loop.run_in_executor(self._pool, _unlink, path)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         why = "could not be installed" if args.with_nginx else "is not installed (--with-nginx installs it)"
         print(f"nginx {why}: measured without it", flush=True)
 
+    print(benchlib.versions(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="cacheaddon-bench-hits-"))
     work.chmod(0o755)
     procs: list[Process] = []
@@ -398,13 +399,16 @@ def main(argv: list[str] | None = None) -> int:
                 wall = benchlib.median([p.wall for p in passes])
                 done = benchlib.median([p.done for p in passes])
                 med, p90 = benchlib.median(lat), benchlib.percentile(lat, 0.9)
+                p99, worst = benchlib.percentile(lat, 0.99), max(lat, default=float("nan"))
                 rows.append(
                     [
                         f"{files.count} x {benchlib.human_size(files.size)}",
                         mode,
                         setup.name,
                         fmt(med, 1000, 3),
-                        fmt(p90, 1000, 3),
+                        fmt(p90, 1000, 1),
+                        fmt(p99, 1000, 1),
+                        fmt(worst, 1000, 1),
                         fmt(wall, 1, 3),
                         fmt(done / wall if wall else float("nan"), 1, 0),
                         fmt(done * files.size / MiB / wall if wall else float("nan"), 1, 0),
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 summary.append(
                     f"hits {files.name} {mode} {setup.name} median_ms={fmt(med, 1000, 3)} "
-                    f"wall_s={fmt(wall, 1, 3)} "
+                    f"p99_ms={fmt(p99, 1000, 1)} wall_s={fmt(wall, 1, 3)} "
                     f"wall_vs_mitmdump={ratio(wall, base_wall)}"
                 )
     print()
@@ -426,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                 "setup",
                 "median_ms",
                 "p90_ms",
+                "p99_ms",
+                "max_ms",
                 "wall_s",
                 "req/s",
                 "MiB/s",
@@ -436,9 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(
-        f"\nmedian_ms, p90_ms: per-request latency over all {args.rounds} round(s); wall_s: median over "
-        f"rounds of the time to fetch the whole set; ratios are to plain mitmdump (no addon, defaults)."
-        f" Client, proxies and origin share {os.cpu_count()} cores."
+        f"\nmedian_ms, p90_ms, p99_ms, max_ms: per-request latency over all {args.rounds} round(s); wall_s: "
+        f"median over rounds of the time to fetch the whole set; ratios: to plain mitmdump"
+        f" (no addon, default options). Client, proxies and origin share {os.cpu_count()} cores."
         + (f" nginx: {args.nginx_workers} worker(s), proxy_cache, sendfile on." if nginx else "")
     )
     print("peak RSS (VmHWM) over the run: " + ", ".join(f"{k}={v / 1024:.0f} MB" for k, v in rss.items()))

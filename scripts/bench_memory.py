@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if benchlib.disk_free(work) < 2 * size + 1024 * MiB:
         print(f"not enough free disk in {work} for {benchlib.human_size(size)}", file=sys.stderr)
         return 2
+    print(benchlib.versions(), flush=True)
     print(f"work directory {work}; computing the expected sha256 of the bodies...", flush=True)
     shas = {n: benchlib.expected_sha256(benchlib.data_path(n, "blob.bin"), n) for n in {size, plain_size}}
     cache_dir = work / "cache"

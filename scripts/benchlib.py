@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -318,6 +319,28 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def revision() -> str:
+    """The commit measured, '+changes' when cacheaddon/ differs from it (read-only git commands only)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "cacheaddon"], cwd=ROOT, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty.returncode == 1 else "")
+
+
+def versions() -> str:
+    found = []
+    for package in ("mitmproxy", "diskcache", "httpx"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return f"cacheaddon {revision()}; " + ", ".join(found) + f"; Python {sys.version.split()[0]}"
 
 
 def _is_number(text: str) -> bool:

@@ -1,0 +1,137 @@
+"""Collects a body while it streams to the client: hashed, in memory while small, then in a temporary file.
+
+Disk writes run in a thread, one after another, while the next chunks keep streaming (a bounded queue
+between them), so neither a slow disk nor a full one ever stalls or breaks the client's download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+logger = logging.getLogger(__name__)
+
+_QUEUE = 8  # chunks in flight to the disk: bounds memory when the disk is slower than the network
+
+
+@dataclass
+class Spooled:
+    data: bytes | None  # small bodies stay in memory
+    path: str | None  # larger ones were written to this temporary file
+    size: int
+    sha256: str
+
+
+class Spool:
+    def __init__(
+        self,
+        memory_limit: int,
+        open_file: Callable[[], tuple[BinaryIO, str]],
+        pool: ThreadPoolExecutor,
+        size_limit: int,
+    ) -> None:
+        self._memory_limit, self._size_limit = memory_limit, size_limit
+        self._open_file = open_file  # called only once the body outgrows memory
+        self._pool = pool
+        self._buffer: list[bytes] = []
+        self._hash = hashlib.sha256()
+        self._queue: asyncio.Queue[bytes | None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._file: BinaryIO | None = None
+        self.path: str | None = None
+        self.size = 0
+        self.unusable = ""  # why this body cannot be stored, once it cannot
+
+    async def write(self, chunk: bytes) -> None:
+        """Never raises for a storage problem: the client's download must go on whatever the disk does."""
+        if self.unusable:
+            return
+        self.size += len(chunk)
+        if self.size > self._size_limit:
+            await self._give_up("larger than cache_max_object_size")
+            return
+        if self._queue is None and self.size <= self._memory_limit:
+            self._hash.update(chunk)
+            self._buffer.append(chunk)
+            return
+        if self._queue is None:
+            self._queue = asyncio.Queue(_QUEUE)
+            self._writer = asyncio.get_running_loop().create_task(self._write_all(b"".join(self._buffer)))
+            self._buffer = []
+        await self._queue.put(chunk)
+
+    async def _write_all(self, already_hashed: bytes) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        try:
+            file, self.path = await loop.run_in_executor(self._pool, self._open_file)
+            self._file = file
+            await loop.run_in_executor(self._pool, file.write, already_hashed)
+            while (chunk := await self._queue.get()) is not None:
+                await loop.run_in_executor(self._pool, self._hash_and_write, chunk)
+        except Exception as exc:  # ENOSPC, EIO, a StoreError from open_file
+            logger.warning("cannot write to the cache (%s): this download is passed on but not stored", exc)
+            self.unusable = f"cache write failed: {exc}"
+            while await self._queue.get() is not None:  # keep the producer from blocking on a full queue
+                pass
+
+    def _hash_and_write(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        assert self._file is not None
+        self._file.write(chunk)
+
+    async def finish(self) -> Spooled | None:
+        """The complete body, or None when it could not be kept."""
+        if self._queue is not None and self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._queue = self._writer = None
+        if self.unusable:
+            await self._discard()
+            return None
+        if self._file is None:
+            return Spooled(b"".join(self._buffer), None, self.size, self._hash.hexdigest())
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._file.close)
+        except OSError as exc:
+            logger.warning("cannot write to the cache (%s): not stored", exc)
+            self.unusable = f"cache write failed: {exc}"
+            await self._discard()
+            return None
+        return Spooled(None, self.path, self.size, self._hash.hexdigest())
+
+    async def abort(self) -> None:
+        await self._give_up(self.unusable or "aborted")
+
+    async def _give_up(self, reason: str) -> None:
+        self.unusable = reason
+        self._buffer = []
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._queue = self._writer = None
+        await self._discard()
+
+    async def _discard(self) -> None:
+        file, path, self._file, self.path = self._file, self.path, None, None
+        if file is not None or path is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, _close_and_unlink, file, path)
+
+
+def _close_and_unlink(file: BinaryIO | None, path: str | None) -> None:
+    try:
+        if file is not None:
+            file.close()
+    except OSError:
+        pass
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
