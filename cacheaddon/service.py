@@ -90,19 +90,14 @@ class CacheService:
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def _lookup(self, key: str) -> Entry | None:
+    async def _read(self, entry: Entry, pre: Body | BinaryIO | None | bool = False) -> Body | None:
+        """The entry's checked body; `pre` is what lookup() already read (False: nothing yet)."""
         try:
-            return await self._db(self.store.get, key)
-        except StoreError as exc:
-            logger.warning("cache unreadable, treating as a miss: %s", exc)
-            return None
-
-    async def _read(self, entry: Entry) -> Body | None:
-        try:
-            value = await self._db(self.store.open_body, entry)
-            return (
-                None if value is None else await self._disk(self.store.check_body, entry, value, INLINE_LIMIT)
-            )
+            value = await self._db(self.store.open_body, entry) if pre is False else pre
+            if value is None or isinstance(value, Body):
+                return value
+            assert not isinstance(value, bool)
+            return await self._disk(self.store.check_body, entry, value, INLINE_LIMIT)
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
@@ -111,17 +106,23 @@ class CacheService:
         """The reply to a GET or HEAD, or None when mitmproxy should forward it untouched (a Range request
         for something the cache cannot answer now: it goes upstream and is not stored)."""
         key = policy.cache_key(request, self.store.salt)
-        entry = await self._lookup(key)
+        try:
+            entry, pre = await self._db(self.store.lookup, key, INLINE_LIMIT)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            entry, pre = None, None
         if entry is not None and not policy.vary_matches(entry, request):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
         decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(host, now))
+        if decision.action is not Action.SERVE:
+            _close(pre)
         if "range" in request.headers and decision.action is Action.FETCH:
             return None
         match decision.action:
             case Action.SERVE:
                 assert entry is not None
-                reply = await self._serve(entry, decision, request, now)
+                reply = await self._serve(entry, decision, request, now, pre)
                 if reply is None:  # body gone or corrupt: as if never cached
                     if "range" in request.headers and not self.settings.offline:
                         return None
@@ -162,14 +163,21 @@ class CacheService:
             self.health.end_probe(host)
 
     async def _serve(
-        self, entry: Entry, decision: Decision, request: RequestView, now: float
+        self,
+        entry: Entry,
+        decision: Decision,
+        request: RequestView,
+        now: float,
+        pre: Body | BinaryIO | None | bool = False,
     ) -> Reply | None:
         outcome, detail, age = decision.outcome, decision.reason, policy.age(entry, now)
         if policy.client_has_current(entry, request):
+            _close(pre)
             return Reply(outcome, detail, responses.not_modified(entry, outcome, detail, age))
         if request.method == "HEAD":
+            _close(pre)
             return Reply(outcome, detail, responses.head_from_entry(entry, outcome, detail, age))
-        body = await self._read(entry)
+        body = await self._read(entry, pre)
         if body is None:
             return None
         span = policy.byte_range(request.header("range"), entry.size) if "range" in request.headers else None
@@ -456,3 +464,12 @@ def _document(entry: Entry, body: bytes | str) -> bytes | None:
     except ValueError:
         return None
     return decoded if isinstance(decoded, bytes) else decoded.encode()
+
+
+def _close(pre: Body | BinaryIO | None | bool) -> None:
+    """Closes a body lookup() opened that will not be sent."""
+    if isinstance(pre, Body):
+        if pre.file is not None:
+            pre.file.close()
+    elif pre is not None and not isinstance(pre, bool):
+        pre.close()

@@ -212,6 +212,24 @@ class Store:
         value = self.open_body(entry)
         return None if value is None else self.check_body(entry, value, inline_limit)
 
+    def lookup(self, key: str, inline_limit: int) -> tuple[Entry | None, Body | BinaryIO | None]:
+        """The record and its body in one trip to the database thread (the hit path): a checked Body when
+        that is cheap (small, or a file already verified and unchanged), else the open file to check."""
+        entry = self.get(key)
+        if entry is None:
+            return None, None
+        value = self.open_body(entry)
+        if value is None:
+            return entry, None
+        if isinstance(value, bytes) or self._known_good(entry, value):
+            return entry, self.check_body(entry, value, inline_limit)
+        return entry, value
+
+    def _known_good(self, entry: Entry, handle: BinaryIO) -> bool:
+        st = os.fstat(handle.fileno())
+        with self._lock:
+            return self._verified.get(entry.sha256) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
     def open_body(self, entry: Entry) -> bytes | BinaryIO | None:
         """The stored body as diskcache gives it (the database part of read_body: bytes or an open file)."""
         try:
