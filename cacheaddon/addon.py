@@ -229,6 +229,12 @@ class CacheAddon:
     def _apply(self, flow: http.HTTPFlow, reply: Reply) -> None:
         flow.metadata[_META] = {"url": flow.request.url, "outcome": reply.outcome, "detail": reply.detail}
         if reply.response is not None:
+            if flow.request.method == "HEAD" and reply.response.raw_content:
+                # A body after a HEAD answer would be read by a keep-alive client as its next response.
+                length = reply.response.headers.get("content-length")
+                reply.response.raw_content = b""
+                if length is not None:
+                    reply.response.headers["content-length"] = length
             flow.response = reply.response
             return
         assert reply.job is not None

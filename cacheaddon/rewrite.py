@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 ROUTE = "/_cacheaddon/"
 REWRITABLE = frozenset(
@@ -67,6 +68,10 @@ def route(path: str) -> tuple[Origin, str] | None:
     """The origin and path a rewritten /_cacheaddon/... path stands for, or None for an ordinary path."""
     if not path.startswith(ROUTE):
         return None
+    # Clients may percent-encode the port's colon (pip does) or an IPv6 address's brackets.
+    scheme_part, _, rest = path[len(ROUTE) :].partition("/")
+    authority, slash, tail = rest.partition("/")
+    path = f"{ROUTE}{scheme_part}/{unquote(authority)}{slash}{tail}"
     m = _ROUTED.match(path)
     if not m:
         return None

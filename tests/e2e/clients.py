@@ -14,9 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "cacheaddon" / "addon.py"
 BIN = Path(sys.executable).parent
 MITMDUMP = BIN / "mitmdump"
+CACHEADDON = BIN / "cacheaddon"
+RUNNERS = ("mitmdump", "cli")
 SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
 MITM_CA_NAME = "mitmproxy-ca-cert.pem"
 DEFAULT_CACHE_HOSTS = ("127.0.0.2", "127.0.0.3", "localhost")
@@ -89,7 +92,18 @@ class Proxy:
         log_path: Path,
         options: Mapping[str, object],
         port: int | None = None,
+        *,
+        endpoints: Iterable[str] = (),
+        modes: Sequence[str] | None = None,
+        extra_args: Sequence[str] = (),
+        runner: str = "mitmdump",
     ) -> None:
+        """`endpoints`: upstream origins (https://127.0.0.2:PORT) each served as a registry endpoint on a port
+        of its own, next to the forward proxy on `port`: `--mode reverse:URL@P` under mitmdump, `--registry
+        URL@P` under `runner="cli"` (`cacheaddon run`). `modes`: mitmproxy mode specs given as they are
+        (`--mode SPEC` each; name `regular` yourself to keep the forward proxy). `extra_args` go last."""
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
         self.mitm = mitm
         self.registry_ca = registry_ca
         self.cache_dir = cache_dir
@@ -97,6 +111,11 @@ class Proxy:
         self.options = dict(options)
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.runner = runner
+        self.modes = list(modes) if modes is not None else None
+        self.extra_args = list(extra_args)
+        # upstream origin -> local port, fixed for the Proxy's life so restarts keep the endpoint URLs
+        self.endpoint_ports = {url_origin(url): free_port() for url in endpoints}
 
     @property
     def url(self) -> str:
@@ -114,7 +133,48 @@ class Proxy:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """Upstream origin -> the registry endpoint's URL (http://127.0.0.1:PORT), from `endpoints` and from
+        the reverse modes among `modes`."""
+        found = {up: f"http://127.0.0.1:{port}" for up, port in self.endpoint_ports.items()}
+        for spec in self.modes or ():
+            parsed = _reverse_mode(spec)
+            if parsed is not None:
+                found.setdefault(parsed[0], f"http://127.0.0.1:{parsed[1]}")
+        return found
+
+    def endpoint(self, upstream: str | None = None) -> str:
+        """The endpoint URL (no trailing slash) serving `upstream`; without it, the only endpoint."""
+        endpoints = self.endpoints
+        if upstream is None:
+            if len(endpoints) != 1:
+                raise ValueError(f"{len(endpoints)} endpoints: name the upstream ({sorted(endpoints)})")
+            return next(iter(endpoints.values()))
+        return endpoints[url_origin(upstream)]
+
+    def listen_ports(self) -> list[int]:
+        """Every port this proxy listens on once started."""
+        if self.modes is None:
+            return [self.port, *self.endpoint_ports.values()]
+        from mitmproxy.proxy.mode_specs import ProxyMode
+
+        ports = [ProxyMode.parse(spec).custom_listen_port or self.port for spec in self.modes]
+        ports += self.endpoint_ports.values()
+        return sorted(set(ports))
+
+    def _mode_args(self) -> list[str]:
+        """--mode flags; under `cacheaddon run` the endpoints are --registry flags and it adds the modes."""
+        args = [a for spec in self.modes or () for a in ("--mode", spec)]
+        if self.runner == "mitmdump" and self.endpoint_ports:
+            if self.modes is None:
+                args += ["--mode", "regular"]  # the first --mode replaces the default list; follows -p
+            args += [a for up, p in self.endpoint_ports.items() for a in ("--mode", f"reverse:{up}@{p}")]
+        return args
+
     def argv(self) -> list[str]:
+        if self.runner == "cli":
+            return self._cli_argv()
         options: dict[str, object] = {"cache_hosts": list(DEFAULT_CACHE_HOSTS), **self.options}
         args = [
             str(MITMDUMP),
@@ -135,7 +195,28 @@ class Proxy:
         ]
         for name, value in options.items():
             args += _option_args(name, value)
-        return args
+        return [*args, *self._mode_args(), *self.extra_args]
+
+    def _cli_argv(self) -> list[str]:
+        """`cacheaddon run`: the console script sets connection_strategy=lazy and the modes itself."""
+        options: dict[str, object] = {"cache_hosts": list(DEFAULT_CACHE_HOSTS), **self.options}
+        args = [str(CACHEADDON), "run"]
+        args += [a for up, p in self.endpoint_ports.items() for a in ("--registry", f"{up}@{p}")]
+        args += [
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--set",
+            f"confdir={self.confdir}",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={self.registry_ca}",
+            "--set",
+            f"cache_dir={self.cache_dir}",
+        ]
+        for name, value in options.items():
+            args += _option_args(name, value)
+        return [*args, *self._mode_args(), *self.extra_args]
 
     def start(self) -> Proxy:
         if self.proc is not None and self.proc.poll() is None:
@@ -165,12 +246,8 @@ class Proxy:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mitmdump exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.mitm.ca_cert.exists():
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        return
-                except OSError:
-                    pass
+            if self.mitm.ca_cert.exists() and all(_listening(p) for p in self.listen_ports()):
+                return
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(
@@ -214,6 +291,33 @@ class Proxy:
 
 
 ProxyFactory = Callable[..., "Proxy"]  # the proxy_factory fixture: start(**options) -> Proxy
+
+
+def url_origin(url: str) -> str:
+    """scheme://host:port of a URL, with the port spelled out (https://127.0.0.2:4443)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def _reverse_mode(spec: str) -> tuple[str, int] | None:
+    """(upstream origin, listen port) of a `reverse:URL@PORT` mode spec, else None."""
+    from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+    mode = ProxyMode.parse(spec)
+    if not isinstance(mode, ReverseMode) or mode.custom_listen_port is None:
+        return None
+    host, port = mode.address
+    return url_origin(f"{mode.scheme}://{host}:{port}"), mode.custom_listen_port
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def report(result: ClientResult, proxy: Proxy | None = None) -> str:
@@ -433,3 +537,71 @@ def fetch(
     with httpx.Client(proxy=proxy.url, verify=verify, trust_env=False, timeout=timeout) as client:
         response = client.get(url, headers=dict(headers or {}))
         return response.status_code, response.headers, response.content
+
+
+def fetch_direct(
+    url: str, headers: Mapping[str, str] | None = None, *, timeout: float = 30.0
+) -> tuple[int, httpx.Headers, bytes]:
+    """One GET straight to `url` (a registry endpoint), no proxy and no environment settings."""
+    with httpx.Client(trust_env=False, timeout=timeout) as client:
+        response = client.get(url, headers=dict(headers or {}))
+        return response.status_code, response.headers, response.content
+
+
+def uv_binary() -> Path | None:
+    """The uv next to this venv's python, else one on PATH."""
+    local = BIN / "uv"
+    if local.is_file():
+        return local
+    found = shutil.which("uv")
+    return Path(found) if found else None
+
+
+def uv_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` without any UV_* setting, and uv told to read no uv.toml/pyproject configuration and never to
+    download a Python."""
+    clean = {k: v for k, v in env.items() if not k.upper().startswith("UV_")}
+    clean |= {"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    return clean
+
+
+def uv_install(
+    tmp_path: Path,
+    packages: Iterable[str],
+    index_url: str,
+    env: Mapping[str, str],
+    timeout: float = 120,
+    *,
+    extra_args: Iterable[str] = (),
+) -> ClientResult:
+    """`uv pip install --no-cache` into a fresh, pip-less venv (env via uv_env); result.dir is the venv."""
+    uv = uv_binary()
+    if uv is None:
+        raise FileNotFoundError("uv is not installed")
+    env = uv_env(env)
+    venv = Path(tempfile.mkdtemp(prefix="uv-venv-", dir=tmp_path))
+    made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env, 60, tmp_path)
+    made.dir = venv
+    if made.returncode != 0:
+        return made
+    cmd = [
+        str(uv),
+        "pip",
+        "install",
+        "--no-cache",
+        "--no-progress",
+        "--python",
+        str(venv / "bin" / "python"),
+        "--index-url",
+        index_url,
+        *extra_args,
+        *packages,
+    ]
+    result = _run(cmd, env, timeout, venv)
+    result.dir = venv
+    return result
+
+
+def run_client(cmd: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120) -> ClientResult:
+    """Any client command, in its own process group, killed after `timeout`; never raises for its failure."""
+    return _run(cmd, env, timeout, cwd)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from .clients import MitmConf, Proxy, ProxyFactory
 from .fakeregistry import NPM_INDEX_HOSTNAME, NPM_INDEX_IP, CertPaths, FakeRegistry, make_ca
+
+# Loopback addresses (covered by the test certificate) for hosts on a default port: see registry_443.
+DEFAULT_PORT_IPS = tuple(f"127.0.0.{i}" for i in range(6, 10))
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +43,37 @@ def npm_registry(certs: CertPaths) -> Iterator[FakeRegistry]:
         reg.stop()
 
 
+@pytest.fixture
+def registry_factory(request: pytest.FixtureRequest, certs: CertPaths) -> Callable[..., FakeRegistry]:
+    """start(**kwargs) -> a started FakeRegistry(certs, **kwargs) (e.g. core_metadata=True,
+    pypi_formats=("html",)), stopped at teardown."""
+
+    def start(**kwargs: Any) -> FakeRegistry:
+        reg = FakeRegistry(certs, **kwargs)
+        request.addfinalizer(reg.stop)
+        return reg.start()
+
+    return start
+
+
+@pytest.fixture
+def registry_443(registry_factory: Callable[..., FakeRegistry]) -> Callable[..., FakeRegistry]:
+    """start(**kwargs) -> like registry_factory, but the files host listens on port 443 of the first free
+    address among DEFAULT_PORT_IPS, so its URLs carry no port, as files.pythonhosted.org's do (give the proxy
+    cache_hosts=registry.cache_hosts). Skips the test where no such port can be bound."""
+
+    def start(**kwargs: Any) -> FakeRegistry:
+        errors = []
+        for ip in DEFAULT_PORT_IPS:
+            try:
+                return registry_factory(files_ip=ip, files_port=443, **kwargs)
+            except OSError as e:
+                errors.append(f"{ip}:443: {e}")
+        pytest.skip(f"cannot listen on port 443 of any of {DEFAULT_PORT_IPS}: {'; '.join(errors)}")
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def mitm_conf(tmp_path_factory: pytest.TempPathFactory) -> MitmConf:
     """One mitmproxy confdir for the session, so mitmproxy's CA is generated once."""
@@ -50,13 +85,29 @@ def proxy_factory(
     request: pytest.FixtureRequest, tmp_path: Path, mitm_conf: MitmConf, certs: CertPaths
 ) -> ProxyFactory:
     """start(**options) -> a running Proxy; each start gets a new cache_dir unless `cache_dir=` is given.
-    Options become `--set name=value` (lists repeat it, bools are true/false)."""
+    Options become `--set name=value` (lists repeat it, bools are true/false), except these, which go to
+    Proxy (see its __init__): `endpoints=[upstream URL, ...]` (registry endpoints, proxy.endpoint(URL)),
+    `modes=[mitmproxy mode spec, ...]`, `extra_args=[...]`, `runner="mitmdump"|"cli"` (`cacheaddon run`)."""
     counter = itertools.count(1)
 
     def start(**options: object) -> Proxy:
         n = next(counter)
         cache_dir = Path(str(options.pop("cache_dir", tmp_path / f"cache-{n}")))
-        proxy = Proxy(mitm_conf, certs.ca_cert, cache_dir, tmp_path / f"mitmdump-{n}.log", options)
+        endpoints = cast("Iterable[str]", options.pop("endpoints", ()))
+        modes = cast("Sequence[str] | None", options.pop("modes", None))
+        extra_args = cast("Sequence[str]", options.pop("extra_args", ()))
+        runner = str(options.pop("runner", "mitmdump"))
+        proxy = Proxy(
+            mitm_conf,
+            certs.ca_cert,
+            cache_dir,
+            tmp_path / f"mitmdump-{n}.log",
+            options,
+            endpoints=endpoints,
+            modes=modes,
+            extra_args=extra_args,
+            runner=runner,
+        )
         request.addfinalizer(proxy.stop)
         return proxy.start()
 

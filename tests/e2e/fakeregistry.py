@@ -1,8 +1,8 @@
 """A fake PyPI (simple API) and npm registry over HTTPS, with switchable failure modes.
 
 An index host (127.0.0.2) serves /simple/ and npm packuments and tarballs; a files host (127.0.0.3) serves
-wheels and big blobs. Each host is a ThreadingHTTPServer whose mode can be switched at runtime: ok, hang, 503,
-truncate.
+wheels, their PEP 658 `.metadata` files and big blobs, linked from the index by absolute URL as on PyPI. Each
+host is a ThreadingHTTPServer whose mode can be switched at runtime: ok, hang, 503, truncate.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import html
+import io
 import ipaddress
 import json
 import random
@@ -19,6 +20,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +49,7 @@ FILE_CACHE_CONTROL = "max-age=365000000, immutable, public"
 PYPI_JSON = "application/vnd.pypi.simple.v1+json"
 PYPI_HTML = "application/vnd.pypi.simple.v1+html"
 NPM_ABBREVIATED = "application/vnd.npm.install-v1+json"
+PYPI_FORMATS = ("json", "html")
 
 
 # --- certificates -------------------------------------------------------------------------------------------
@@ -359,7 +362,8 @@ class FakeHost:
 
     @property
     def url(self) -> str:
-        return f"https://{self.hostname}:{self.port}"
+        # On 443 without the port, as registries link to themselves (https://files.pythonhosted.org/...).
+        return f"https://{self.hostname}" if self.port == 443 else f"https://{self.hostname}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -568,10 +572,16 @@ class FakeRegistry:
         files_port: int = 0,
         index_hostname: str = "",
         default_packages: bool = True,
+        core_metadata: bool = False,
+        pypi_formats: Iterable[str] = PYPI_FORMATS,
     ) -> None:
         """`index_hostname` names the index host in URLs (default: its IP); see NPM_INDEX_HOSTNAME for why npm
-        behind a proxy needs a name."""
+        behind a proxy needs a name. `core_metadata`: the simple API advertises each wheel's PEP 658/714
+        metadata file (`<file>.metadata`, always served on the files host). `pypi_formats`: which simple API
+        forms are offered ("json", "html"), whatever the client's Accept. Both can be changed at runtime."""
         self.certs = certs
+        self.core_metadata = core_metadata
+        self.pypi_formats = tuple(pypi_formats)
         self._lock = threading.Lock()
         self._pypi: dict[str, list[PyFile]] = {}
         self._files: dict[str, PyFile] = {}
@@ -656,6 +666,11 @@ class FakeRegistry:
         return (self.index, self.files)
 
     @property
+    def cache_hosts(self) -> list[str]:
+        """The proxy's cache_hosts value that covers both hosts."""
+        return [host.hostname for host in self.hosts]
+
+    @property
     def pypi_url(self) -> str:
         """The --index-url for pip."""
         return f"{self.index.url}/simple/"
@@ -667,6 +682,16 @@ class FakeRegistry:
 
     def file_url(self, filename: str) -> str:
         return f"{self.files.url}/packages/{filename}"
+
+    def metadata_url(self, filename: str) -> str:
+        """The wheel's PEP 658 metadata file: the wheel's URL + ".metadata"."""
+        return self.file_url(filename) + ".metadata"
+
+    def core_metadata_of(self, filename: str) -> bytes:
+        """The METADATA file inside the wheel, as served at metadata_url."""
+        with self._lock:
+            pyfile = self._files[filename]
+        return _wheel_metadata(pyfile)
 
     def tarball_url(self, name: str, version: str) -> str:
         return f"{self.index.url}/{name}/-/{packages.npm_tarball_name(name, version)}"
@@ -758,12 +783,26 @@ class FakeRegistry:
             )
         if pyfile is not None:
             return Reply(body=pyfile.data, headers={"Cache-Control": FILE_CACHE_CONTROL})
+        if path.startswith("/packages/") and path.endswith(".metadata"):
+            with self._lock:
+                wheel = self._files.get(path.removeprefix("/packages/").removesuffix(".metadata"))
+            if wheel is not None:
+                return Reply(body=_wheel_metadata(wheel), headers={"Cache-Control": FILE_CACHE_CONTROL})
         return Reply(404, b"not found\n", "text/plain")
+
+    def _simple_kind(self, request: Request) -> str:
+        offers = [PYPI_JSON] if "json" in self.pypi_formats else []
+        if "html" in self.pypi_formats:
+            offers = ["text/html", PYPI_HTML, *offers]
+        if not offers:
+            raise ValueError(f"pypi_formats offers nothing: {self.pypi_formats!r}")
+        default = "text/html" if "html" in self.pypi_formats else PYPI_JSON
+        return negotiate(request.headers.get("accept"), offers, default)
 
     def _simple_root(self, request: Request) -> Reply:
         with self._lock:
             names = sorted(self._pypi)
-        kind = negotiate(request.headers.get("accept"), ("text/html", PYPI_HTML, PYPI_JSON), "text/html")
+        kind = self._simple_kind(request)
         if kind == PYPI_JSON:
             doc = {"meta": {"api-version": "1.0"}, "projects": [{"name": n} for n in names]}
             body = json.dumps(doc, indent=1).encode()
@@ -780,20 +819,33 @@ class FakeRegistry:
             return Reply(404, b"404 Not Found\n", "text/plain")
         if name != normalized:
             return Reply(301, b"", "text/plain", {"Location": f"/simple/{normalized}/"})
-        kind = negotiate(request.headers.get("accept"), ("text/html", PYPI_HTML, PYPI_JSON), "text/html")
+        kind = self._simple_kind(request)
+        metadata = self.core_metadata
         if kind == PYPI_JSON:
-            doc = {
-                "meta": {"api-version": "1.0"},
-                "name": normalized,
-                "files": [
-                    {"filename": f.filename, "url": self.file_url(f.filename), "hashes": {"sha256": f.sha256}}
-                    for f in files
-                ],
-            }
+
+            def entry(f: PyFile) -> dict[str, object]:
+                item: dict[str, object] = {
+                    "filename": f.filename,
+                    "url": self.file_url(f.filename),
+                    "hashes": {"sha256": f.sha256},
+                }
+                if metadata:  # PEP 714's name and PEP 658's, as PyPI sends both
+                    digest = {"sha256": hashlib.sha256(_wheel_metadata(f)).hexdigest()}
+                    item |= {"core-metadata": digest, "dist-info-metadata": digest}
+                return item
+
+            doc = {"meta": {"api-version": "1.0"}, "name": normalized, "files": [entry(f) for f in files]}
             body = json.dumps(doc, indent=1).encode()
         else:
+
+            def attributes(f: PyFile) -> str:
+                if not metadata:
+                    return ""
+                digest = f"sha256={hashlib.sha256(_wheel_metadata(f)).hexdigest()}"
+                return f' data-dist-info-metadata="{digest}" data-core-metadata="{digest}"'
+
             links = "\n".join(
-                f'    <a href="{html.escape(self.file_url(f.filename))}#sha256={f.sha256}">'
+                f'    <a href="{html.escape(self.file_url(f.filename))}#sha256={f.sha256}"{attributes(f)}>'
                 f"{f.filename}</a><br/>"
                 for f in files
             )
@@ -873,6 +925,13 @@ class FakeRegistry:
             if packages.npm_tarball_name(name, v.version) == filename:
                 return Reply(body=v.data, headers={"Cache-Control": FILE_CACHE_CONTROL})
         return Reply(404, b'{"error":"Not found"}', "application/json")
+
+
+def _wheel_metadata(pyfile: PyFile) -> bytes:
+    """The wheel's .dist-info/METADATA: what PEP 658 serves as `<wheel>.metadata`."""
+    with zipfile.ZipFile(io.BytesIO(pyfile.data)) as zf:
+        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        return zf.read(name)
 
 
 def _html_page(title: str, links: str) -> bytes:
