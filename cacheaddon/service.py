@@ -34,6 +34,9 @@ T = TypeVar("T")
 
 # Bodies up to this size are answered from memory; larger ones stream through the relay.
 INLINE_LIMIT = 1024 * 1024
+# A new body for a stale entry is read whole before answering (so a failure midway can still fall back to
+# the entry); up to this size in memory, which also keeps a full disk from costing the client its answer.
+BUFFER_LIMIT = 32 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
 _DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
@@ -257,7 +260,8 @@ class CacheService:
         if request.method == "HEAD":
             why_not = why_not or "not stored: HEAD"
         detail = why_not or ("refreshed: entry was stale" if entry is not None else decision.reason)
-        if entry is not None or (length is not None and length <= INLINE_LIMIT) or request.method == "HEAD":
+        small = length is not None and length <= INLINE_LIMIT
+        if small or request.method == "HEAD" or (entry is not None and (length or 0) <= BUFFER_LIMIT):
             return await self._buffered(upstream, request, url, host, key, entry, fields, why_not, detail)
         return self._streamed(upstream, request, key, fields, why_not, detail)
 
@@ -357,7 +361,8 @@ class CacheService:
         detail: str,
     ) -> Reply:
         """Reads the whole body before answering, so that a failure midway can still fall back to stale."""
-        spool = self._spool(1 << 62)  # the client needs the body whatever its size
+        # The client needs the body whatever its size: no size limit, and memory first.
+        spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, 1 << 62)
         try:
             async for chunk in raw_chunks(upstream):
                 await spool.write(chunk)
@@ -365,10 +370,15 @@ class CacheService:
             await spool.abort()
             return await self._failed(failure, request, url, host, entry)
         body = await spool.finish()
-        if body is None:  # the disk failed under a body too large to hold in memory
-            return await self._failed(
-                UpstreamFailure("body could not be spooled (disk full?)"), request, url, host, entry
-            )
+        if body is None:  # the disk failed under a body too large to hold in memory; the upstream is fine
+            detail = "new body could not be spooled (disk full?)"
+            logger.warning("%s: %s", url, detail)
+            if entry is not None and self.settings.stale_on_error:
+                fallback = Decision(Action.SERVE, Outcome.STALE, f"stale: {detail}")
+                reply = await self._serve(entry, fallback, request, time.time())
+                if reply is not None:
+                    return reply
+            return Reply(Outcome.MISS, detail, responses.error(502, url, detail))
         outcome = Outcome.MISS
         if why_not is None and body.size > self.settings.max_object_size:
             why_not = detail = f"not stored: larger than cache_max_object_size ({body.size} bytes)"

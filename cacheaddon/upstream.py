@@ -70,6 +70,17 @@ def tls_context(insecure: bool, cafile: str | None, capath: str | None) -> ssl.S
     return context
 
 
+class _NoCookies(httpx.Cookies):
+    """A shared client must not keep one client's cookies for the next; and httpx's extraction costs
+    O(n^2) in the number of request fields, which a hostile request could use to stall the event loop."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        pass
+
+
 class Upstream:
     def __init__(self, timeout: int, verify: ssl.SSLContext | bool) -> None:
         self._client = httpx.AsyncClient(
@@ -79,6 +90,7 @@ class Upstream:
             follow_redirects=False,
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=32),
         )
+        self._client._cookies = _NoCookies()  # the public setter would copy it into a plain jar
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -18,8 +18,8 @@ import pytest
 
 from cacheaddon.entry import FORMAT_VERSION, Entry
 from cacheaddon.relay import Job, Relay
-from cacheaddon.store import Store, StoreError
 from cacheaddon.spool import Spool
+from cacheaddon.store import Store, StoreError
 
 MIB = 1024 * 1024
 SMALL = b"small body\n" * 10  # stored inside diskcache's database

@@ -574,6 +574,7 @@ def test_a_negative_entry_never_answers_a_conditional_request(status: int) -> No
 
 # byte ranges
 
+
 @pytest.mark.parametrize(
     ("value", "size", "expected"),
     [
