@@ -11,16 +11,15 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, assert_never
 
 import httpx
 from mitmproxy import http
-from mitmproxy.net import encoding
 
-from cacheaddon import digests, policy, responses
+from cacheaddon import policy, responses
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
+from cacheaddon.ingest import Ingest
 from cacheaddon.policy import Action, Decision, Outcome, RequestView
 from cacheaddon.relay import Job
 from cacheaddon.settings import Settings
@@ -38,7 +37,6 @@ INLINE_LIMIT = 1024 * 1024
 # the entry); up to this size in memory, which also keeps a full disk from costing the client its answer.
 BUFFER_LIMIT = 32 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
-_DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
 _NOT_FORWARDED = (
@@ -85,6 +83,7 @@ class CacheService:
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
+        self.ingest = Ingest(store, pools)
         self._background: set[asyncio.Task[Any]] = set()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -318,32 +317,6 @@ class CacheService:
         except StoreError as exc:
             logger.warning("could not update the cache record of %s: %s", entry.url, exc)
 
-    async def _commit(self, key: str, entry: Entry, body: bytes | str) -> None:
-        """Stores a complete body unless it contradicts the digest its index published; then remembers the
-        digests an index document publishes for its files. Hashing and parsing run off the database thread."""
-        try:
-            expected = await self._db(self.store.expected_digest, entry.url)
-            if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
-                logger.warning(
-                    "%s does not match the digest its index published (%s): not cached", entry.url, expected
-                )
-                if isinstance(body, str):
-                    await self._disk(self.store.discard, body)
-                return
-            doc = await self._disk(_document, entry, body)
-            await self._db(self.store.commit, key, entry, body)
-            if isinstance(body, str):
-                await self._db(self.store.remember_verified, entry)
-            if doc is not None:
-                found = await self._disk(
-                    digests.published, entry.url, entry.header("content-type") or "", doc
-                )
-                if found:
-                    await self._db(self.store.record_digests, found)
-        except (StoreError, OSError) as exc:
-            level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
-            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
-
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit
         return Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, size_limit)
@@ -386,7 +359,7 @@ class CacheService:
         served = [*fields, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
         if body.data is not None:
             if why_not is None:
-                await self._commit(key, new, body.data)
+                await self.ingest.commit(key, new, body.data)
             if why_not is None and policy.client_has_current(new, request):
                 return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
@@ -399,7 +372,7 @@ class CacheService:
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
         if why_not is None:
-            await self._commit(key, new, body.path)
+            await self.ingest.commit(key, new, body.path)
         else:
             await self._disk(self.store.discard, body.path)
         return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
@@ -429,7 +402,7 @@ class CacheService:
                 body = await spool.finish()
                 done = True
                 if body is not None and why_not is None:
-                    await self._commit(
+                    await self.ingest.commit(
                         key,
                         self._new_entry(request, upstream, fields, body),
                         body.data if body.data is not None else str(body.path),
@@ -441,39 +414,6 @@ class CacheService:
 
         status, reason = upstream.status_code, upstream.reason_phrase
         return Reply(Outcome.MISS, detail, job=Job(status, reason, served, stream=tee()))
-
-
-def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:
-    algo = expected.partition("=")[0]
-    if algo == "sha256":
-        return digests.matches(expected, {"sha256": entry.sha256}) is not False
-    digest = digests.hasher(expected)
-    if digest is None:
-        return True  # an algorithm this Python lacks: nothing to check against
-    if isinstance(body, bytes):
-        digest.update(body)
-    else:
-        with open(body, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digests.matches(expected, {algo: digest.hexdigest()}) is not False
-
-
-def _document(entry: Entry, body: bytes | str) -> bytes | None:
-    """An index document's decoded bytes, to look for published digests in; None for anything else."""
-    content_type = entry.header("content-type") or ""
-    if (
-        entry.status != 200
-        or entry.size > _DOC_LIMIT
-        or not ("json" in content_type or "html" in content_type)
-    ):
-        return None
-    data = body if isinstance(body, bytes) else Path(body).read_bytes()
-    try:
-        decoded = encoding.decode(data, entry.header("content-encoding") or "identity")
-    except ValueError:
-        return None
-    return decoded if isinstance(decoded, bytes) else decoded.encode()
 
 
 def _close(pre: Body | BinaryIO | None | bool) -> None:

@@ -1,0 +1,95 @@
+"""Admits a complete download into the store: checked against the digest its index published, stored, and
+(for an index document) mined for the digests it publishes for its files. Hashing and parsing run in the I/O
+pool, database work on the database thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mitmproxy.net import encoding
+
+from cacheaddon import digests
+from cacheaddon.entry import Entry
+from cacheaddon.store import Store, StoreError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
+
+
+class Ingest:
+    def __init__(self, store: Store, pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor]) -> None:
+        self.store = store
+        self.db_pool, self.pool = pools
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
+
+    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+        """Stores a complete body unless it contradicts the digest its index published; then remembers the
+        digests an index document publishes for its files. Hashing and parsing run off the database thread."""
+        try:
+            expected = await self._db(self.store.expected_digest, entry.url)
+            if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
+                logger.warning(
+                    "%s does not match the digest its index published (%s): not cached", entry.url, expected
+                )
+                if isinstance(body, str):
+                    await self._disk(self.store.discard, body)
+                return
+            doc = await self._disk(_document, entry, body)
+            await self._db(self.store.commit, key, entry, body)
+            if isinstance(body, str):
+                await self._db(self.store.remember_verified, entry)
+            if doc is not None:
+                found = await self._disk(
+                    digests.published, entry.url, entry.header("content-type") or "", doc
+                )
+                if found:
+                    await self._db(self.store.record_digests, found)
+        except (StoreError, OSError) as exc:
+            level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
+            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
+
+
+def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:
+    algo = expected.partition("=")[0]
+    if algo == "sha256":
+        return digests.matches(expected, {"sha256": entry.sha256}) is not False
+    digest = digests.hasher(expected)
+    if digest is None:
+        return True  # an algorithm this Python lacks: nothing to check against
+    if isinstance(body, bytes):
+        digest.update(body)
+    else:
+        with open(body, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digests.matches(expected, {algo: digest.hexdigest()}) is not False
+
+
+def _document(entry: Entry, body: bytes | str) -> bytes | None:
+    """An index document's decoded bytes, to look for published digests in; None for anything else."""
+    content_type = entry.header("content-type") or ""
+    if (
+        entry.status != 200
+        or entry.size > _DOC_LIMIT
+        or not ("json" in content_type or "html" in content_type)
+    ):
+        return None
+    data = body if isinstance(body, bytes) else Path(body).read_bytes()
+    try:
+        decoded = encoding.decode(data, entry.header("content-encoding") or "identity")
+    except ValueError:
+        return None
+    return decoded if isinstance(decoded, bytes) else decoded.encode()
