@@ -31,7 +31,16 @@ HOP_BY_HOP = frozenset(
 )
 # Request fields that make an answer private to whoever sent them (npm's _authToken is sent as a Bearer
 # Authorization).
-CREDENTIAL_HEADERS = ("authorization", "cookie", "x-nuget-apikey", "private-token", "x-jfrog-art-api")
+CREDENTIAL_HEADERS = (
+    "authorization",
+    "cookie",
+    "x-nuget-apikey",
+    "private-token",
+    "job-token",
+    "deploy-token",
+    "x-api-key",
+    "x-jfrog-art-api",
+)
 # Always part of the key: registries negotiate on them without always saying so in Vary (npm does not).
 KEYED_HEADERS = ("accept", "accept-encoding")
 STORABLE_STATUS = frozenset({200, 203, 300, 301, 308})
@@ -54,7 +63,6 @@ class Action(enum.Enum):
     SERVE = "serve"  # answer from the entry
     FETCH = "fetch"  # ask the upstream (conditionally when the entry has validators)
     OFFLINE_MISS = "offline-miss"  # 504 naming the URL
-    PASS = "pass"  # not ours to cache: let mitmproxy forward it untouched
 
 
 @dataclass(frozen=True)
@@ -127,12 +135,17 @@ def vary_names(vary_header: str) -> tuple[str, ...] | None:
     return tuple(n for n in names if n not in KEYED_HEADERS and n not in CREDENTIAL_HEADERS)
 
 
+def vary_digest(value: str) -> str:
+    # A digest, not the value: a header named in Vary may carry a secret the record must not hold in clear.
+    return hashlib.sha256(" ".join(value.split()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 def vary_values(names: tuple[str, ...], request: RequestView) -> tuple[tuple[str, str], ...]:
-    return tuple((name, _norm_value(request.header(name))) for name in names)
+    return tuple((name, vary_digest(request.header(name))) for name in names)
 
 
 def vary_matches(entry: Entry, request: RequestView) -> bool:
-    return all(_norm_value(request.header(name)) == value for name, value in entry.vary)
+    return all(vary_digest(request.header(name)) == value for name, value in entry.vary)
 
 
 def request_cacheability(request: RequestView) -> str | None:
@@ -276,3 +289,13 @@ def if_range_allows(entry: Entry, value: str) -> bool:
     if value.startswith('"'):
         return entry.etag is not None and entry.etag.strip() == value
     return entry.last_modified is not None and entry.last_modified.strip() == value
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&](?:[^=&]*(?:token|key|secret|password|passwd|auth|sig|signature)[^=&]*)=)[^&#]*"
+)
+
+
+def redact(url: str) -> str:
+    """A URL fit for a log line: values of query parameters that look like credentials are masked."""
+    return _SECRET_PARAM.sub(r"\1***", url)

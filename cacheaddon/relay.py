@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from cacheaddon import tasks
+
 logger = logging.getLogger(__name__)
 
 _HEAD_LIMIT = 64 * 1024
@@ -36,7 +38,19 @@ class Job:
     stream: AsyncIterator[bytes] | None = None  # or relay these chunks as they arrive
     sha256: str | None = None  # a whole file to check while sending: the last chunk waits for the verdict
     on_corrupt: Callable[[], Awaitable[None]] | None = None
-    on_close: Callable[[], Awaitable[None]] | None = None  # always called once the job ends
+    on_close: Callable[[], Awaitable[None]] | None = None  # releases the upstream; called once, always
+
+    async def aclose(self) -> None:
+        """Releases everything the job holds, whether or not it was ever sent. (aclose() on an async
+        generator that never started skips its finally blocks, hence on_close.)"""
+        file, stream, on_close = self.file, self.stream, self.on_close
+        self.file = self.stream = self.on_close = None
+        if file is not None:
+            file.close()
+        if stream is not None and hasattr(stream, "aclose"):
+            await stream.aclose()
+        if on_close is not None:
+            await on_close()
 
 
 class Relay:
@@ -65,15 +79,10 @@ class Relay:
     def _expire(self, token: str) -> None:
         job = self._jobs.pop(token, None)
         if job is not None:
-            asyncio.get_running_loop().create_task(self._finish(job))
+            tasks.spawn(self._finish(job))
 
     async def _finish(self, job: Job) -> None:
-        if job.file is not None:
-            job.file.close()
-        if job.stream is not None and hasattr(job.stream, "aclose"):
-            await job.stream.aclose()
-        if job.on_close is not None:
-            await job.on_close()
+        await job.aclose()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -127,7 +136,7 @@ class Relay:
         except Exception as exc:
             # Closing without the last chunk (or short of Content-Length) makes mitmproxy and the client
             # see a broken download rather than a complete-looking wrong one.
-            logger.warning("upstream body failed mid-stream: %s", exc)
+            logger.warning("download cut short mid-stream: %s", exc)
             writer.transport.abort()
             return False
         if chunked:

@@ -10,13 +10,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar, assert_never
 
 import httpx
 from mitmproxy import http
 
-from cacheaddon import policy, responses
+from cacheaddon import policy, responses, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -57,17 +57,11 @@ class Reply:
     detail: str
     response: http.Response | None = None
     job: Job | None = None
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
         """Releases what an unused reply holds: its open file, or its upstream stream."""
-        if self.job is None:
-            return
-        if self.job.file is not None:
-            self.job.file.close()
-        stream = self.job.stream
-        if stream is not None and hasattr(stream, "aclose"):
-            asyncio.get_running_loop().create_task(stream.aclose())
+        if self.job is not None:
+            await self.job.aclose()
 
 
 class CacheService:
@@ -84,7 +78,6 @@ class CacheService:
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
         self.ingest = Ingest(store, pools)
-        self._background: set[asyncio.Task[Any]] = set()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -130,15 +123,13 @@ class CacheService:
                         return None
                     return await self.answer_without(request, url, host, key)
                 if decision.probe and self.health.start_probe(host):
-                    self._spawn(self._probe(request, url, host, key, entry))
+                    tasks.spawn(self._probe(request, url, host, key, entry))
                 return reply
             case Action.FETCH:
                 return await self._fetch(request, url, host, key, entry, decision)
             case Action.OFFLINE_MISS:
                 logger.warning("offline: %s is not in the cache", url)
                 return Reply(decision.outcome, decision.reason, responses.error(504, url, decision.reason))
-            case Action.PASS:
-                raise AssertionError("decide() never passes a cacheable request")
             case _:
                 assert_never(decision.action)
 
@@ -148,17 +139,12 @@ class CacheService:
             return Reply(Outcome.MISS, detail, responses.error(504, url, detail))
         return await self._fetch(request, url, host, key, None, Decision(Action.FETCH, Outcome.MISS, "miss"))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _probe(self, request: RequestView, url: str, host: str, key: str, entry: Entry) -> None:
         try:
             reply = await self._fetch(
                 request, url, host, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe")
             )
-            reply.discard()
+            await reply.discard()
         except Exception:
             logger.exception("background revalidation of %s failed", url)
         finally:
@@ -241,18 +227,18 @@ class CacheService:
         except UpstreamFailure as failure:
             return await self._failed(failure, request, url, host, entry)
         status = upstream.status_code
-        if status >= 500:
+        if status >= 500 or status == 429:  # overloaded or rate-limited: an outage as far as builds go
             return await self._upstream_5xx(upstream, request, url, host, entry)
         self.health.succeeded(host)
         now = time.time()
         if status == 304 and entry is not None:
             await upstream.aclose()
-            fresh = entry.refreshed(now, responses.storable_headers(upstream.headers.multi_items()))
+            fresh = entry.refreshed(now, responses.storable_headers(_fields(upstream)))
             await self._save_record(key, fresh)
             return await self._serve(
                 fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now
             ) or (await self.answer_without(request, url, host, key))
-        fields = responses.storable_headers(upstream.headers.multi_items())
+        fields = responses.storable_headers(_fields(upstream))
         length = expected_length(upstream)
         lower = {k.lower(): v for k, v in fields}
         why_not = policy.storability(status, lower, length, self.settings)
@@ -262,7 +248,7 @@ class CacheService:
         small = length is not None and length <= INLINE_LIMIT
         if small or request.method == "HEAD" or (entry is not None and (length or 0) <= BUFFER_LIMIT):
             return await self._buffered(upstream, request, url, host, key, entry, fields, why_not, detail)
-        return self._streamed(upstream, request, key, fields, why_not, detail)
+        return self._streamed(upstream, request, host, key, fields, why_not, detail)
 
     async def _upstream_5xx(
         self, upstream: httpx.Response, request: RequestView, url: str, host: str, entry: Entry | None
@@ -283,7 +269,7 @@ class CacheService:
         self.health.failed(host, time.time(), self.settings.upstream_backoff)
         detail = f"upstream answered {status}"
         fields = [
-            *responses.storable_headers(upstream.headers.multi_items()),
+            *responses.storable_headers(_fields(upstream)),
             *responses.cache_fields(Outcome.MISS, detail),
         ]
         return Reply(
@@ -366,8 +352,12 @@ class CacheService:
             response = responses.make(
                 new.status, new.reason, [*fields, *responses.cache_fields(outcome, detail)], data
             )
-            if request.method == "HEAD":
-                response.headers["content-length"] = str(body.size)
+            if request.method == "HEAD":  # the length of the body a GET would get, as the upstream said
+                length = upstream.headers.get("content-length")
+                if length is not None:
+                    response.headers["content-length"] = length
+                else:
+                    del response.headers["content-length"]
             return Reply(outcome, detail, response)
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
@@ -381,6 +371,7 @@ class CacheService:
         self,
         upstream: httpx.Response,
         request: RequestView,
+        host: str,
         key: str,
         fields: tuple[tuple[str, str], ...],
         why_not: str | None,
@@ -396,9 +387,14 @@ class CacheService:
         async def tee() -> AsyncIterator[bytes]:
             done = False
             try:
-                async for chunk in raw_chunks(upstream):
-                    await spool.write(chunk)
-                    yield chunk
+                try:
+                    async for chunk in raw_chunks(upstream):
+                        await spool.write(chunk)
+                        yield chunk
+                except UpstreamFailure:
+                    # Too late for a stale answer, but the next requests should not each wait on this host.
+                    self.health.failed(host, time.time(), self.settings.upstream_backoff)
+                    raise
                 body = await spool.finish()
                 done = True
                 if body is not None and why_not is None:
@@ -413,7 +409,8 @@ class CacheService:
                 await upstream.aclose()
 
         status, reason = upstream.status_code, upstream.reason_phrase
-        return Reply(Outcome.MISS, detail, job=Job(status, reason, served, stream=tee()))
+        job = Job(status, reason, served, stream=tee(), on_close=upstream.aclose)
+        return Reply(Outcome.MISS, detail, job=job)
 
 
 def _close(pre: Body | BinaryIO | None | bool) -> None:
@@ -423,3 +420,8 @@ def _close(pre: Body | BinaryIO | None | bool) -> None:
             pre.file.close()
     elif pre is not None and not isinstance(pre, bool):
         pre.close()
+
+
+def _fields(upstream: httpx.Response) -> list[tuple[str, str]]:
+    """The upstream's header fields as sent: latin-1 round-trips any byte, where httpx's str view does not."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.headers.raw]

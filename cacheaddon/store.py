@@ -214,15 +214,18 @@ class Store:
 
     def lookup(self, key: str, inline_limit: int) -> tuple[Entry | None, Body | BinaryIO | None]:
         """The record and its body in one trip to the database thread (the hit path): a checked Body when
-        that is cheap (small, or a file already verified and unchanged), else the open file to check."""
+        that is cheap (bytes from the database, or a large file already verified and unchanged: the relay
+        hashes it again while sending), else the open file, for check_body in the I/O pool."""
         entry = self.get(key)
         if entry is None:
             return None, None
         value = self.open_body(entry)
         if value is None:
             return entry, None
-        if isinstance(value, bytes) or self._known_good(entry, value):
+        if isinstance(value, bytes):
             return entry, self.check_body(entry, value, inline_limit)
+        if entry.size > inline_limit and self._known_good(entry, value):
+            return entry, Body(None, value, entry.size)
         return entry, value
 
     def _known_good(self, entry: Entry, handle: BinaryIO) -> bool:

@@ -7,6 +7,7 @@ the request hook, where every failure can still be turned into a stale answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -91,6 +92,9 @@ class Upstream:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=32),
         )
         self._client._cookies = _NoCookies()  # the public setter would copy it into a plain jar
+        # httpx's timeouts are per read: a server trickling its response head a byte at a time would never
+        # trip them. The whole head must arrive within a few timeouts.
+        self._head_deadline = 4.0 * timeout
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -103,7 +107,10 @@ class Upstream:
             if name not in forwarded:
                 del request.headers[name]
         try:
-            return await self._client.send(request, stream=True)
+            async with asyncio.timeout(self._head_deadline):
+                return await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamFailure("timed out", timeout=True) from None
         except Exception as exc:  # every way an upstream can fail ends up here
             raise classify(exc) from exc
 
