@@ -155,20 +155,29 @@ class CacheAddon:
             logger.warning("refused CONNECT from %s: %s", _client_ip(flow), refusal)
             flow.response = responses.forbidden(refusal)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """A large upload is streamed upstream before the request hook runs (stream_large_bodies): a refused
-        client or destination must be stopped here, before a byte leaves."""
-        if flow.response or flow.error or self.settings is None or not flow.request.stream:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refusals are decided here, before mitmproxy reads the body: a large upload (stream_large_bodies)
+        is streamed upstream before the request hook runs, and a chunked one can switch to streaming midway
+        without another hook. An addon cannot answer a streamed request, and flow.kill() here leaves the
+        client's socket open (mitmproxy 12.3), so a refused request is streamed to the relay instead, which
+        drops its body and answers 403: not a byte leaves the host."""
+        if flow.response or flow.error or self.settings is None:
             return
         refusal = self._refusal(flow)
         if refusal:
-            logger.warning(
-                "refused a streamed %s from %s: %s", flow.request.method, _client_ip(flow), refusal
-            )
-            flow.kill()
+            url = policy.redact(flow.request.url)
+            logger.warning("refused %s %s from %s: %s", flow.request.method, url, _client_ip(flow), refusal)
+            forbidden = responses.forbidden(refusal)
+            fields = [*forbidden.headers.items(multi=True), ("Connection", "close")]
+            flow.metadata[_META] = {"url": flow.request.url, "refused": True}
+            flow.request.stream = True
+            await self.relay.start()
+            self._relay(flow, Job(403, "Forbidden", fields, body=forbidden.raw_content or b""))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.settings is None or self.service is None:
+            return
+        if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
         refusal = self._refusal(flow)
         if refusal:
@@ -217,6 +226,8 @@ class CacheAddon:
             return
         if endpoint is not None and req.method == "GET":
             reply = await self._rewritten(flow, endpoint, reply)
+        if reply.job is not None:
+            await self.relay.start()
         self._apply(flow, reply)
 
     async def _rewritten(self, flow: http.HTTPFlow, endpoint: rewrite.Origin, reply: Reply) -> Reply:
@@ -263,7 +274,11 @@ class CacheAddon:
         if not flow.live:  # the client left while we worked
             tasks.spawn(reply.discard())
             return
-        token = self.relay.register(reply.job)
+        self._relay(flow, reply.job)
+
+    def _relay(self, flow: http.HTTPFlow, job: Job) -> None:
+        """Re-points the flow at the relay, which answers it with `job`."""
+        token = self.relay.register(job)
         flow.metadata[_META]["relay"] = True
         flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
         flow.request.path = "/" + token
@@ -284,7 +299,9 @@ class CacheAddon:
             return
         if meta.get("relay"):
             flow.request.url = meta["url"]  # logs and other addons see the real URL, not the relay's
-        elif "x-cache" not in flow.response.headers:
+        if meta.get("refused"):
+            return  # logged when refused
+        if not meta.get("relay") and "x-cache" not in flow.response.headers:
             for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
                 flow.response.headers[name] = value
         size = flow.response.headers.get("content-length", "-")
@@ -302,6 +319,8 @@ class CacheAddon:
             return
         if meta.get("relay"):
             flow.request.url = meta["url"]
+        if meta.get("refused"):
+            return
         logger.warning("%s failed %s: %s", meta["outcome"].value, policy.redact(meta["url"]), flow.error)
 
 
@@ -363,9 +382,10 @@ def _decode_and_rewrite(
 
 def _close_later(upstream: Upstream) -> None:
     try:
-        tasks.spawn(upstream.aclose())
+        asyncio.get_running_loop()
     except RuntimeError:  # no loop yet: nothing was opened
-        pass
+        return
+    tasks.spawn(upstream.aclose())
 
 
 addons = [CacheAddon()]

@@ -36,6 +36,7 @@ class Job:
     offset: int = 0
     length: int = 0
     stream: AsyncIterator[bytes] | None = None  # or relay these chunks as they arrive
+    body: bytes | None = None  # or send these bytes, then read and drop the request's body (a refusal)
     sha256: str | None = None  # a whole file to check while sending: the last chunk waits for the verdict
     on_corrupt: Callable[[], Awaitable[None]] | None = None
     on_close: Callable[[], Awaitable[None]] | None = None  # releases the upstream; called once, always
@@ -57,11 +58,16 @@ class Relay:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.Server | None = None
+        self._starting = asyncio.Lock()
         self.port = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Starts listening unless already started. Hooks call it too: mitmproxy may hand over a client's
+        first request before the `running` hook has finished."""
+        async with self._starting:
+            if self._server is None:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
+                self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
         if self._server is not None:
@@ -99,7 +105,7 @@ class Relay:
                     await writer.drain()
                     return
                 try:
-                    if not await self._answer(job, method == "HEAD", writer):
+                    if not await self._answer(job, method == "HEAD", reader, writer):
                         return
                 finally:
                     await self._finish(job)
@@ -108,7 +114,9 @@ class Relay:
         finally:
             writer.close()
 
-    async def _answer(self, job: Job, head_only: bool, writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self, job: Job, head_only: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Writes one response; False when the connection must close (the body was cut short)."""
         chunked = job.stream is not None and not any(k.lower() == "content-length" for k, _ in job.headers)
         lines = [f"HTTP/1.1 {job.status} {job.reason or 'OK'}"]
@@ -119,6 +127,11 @@ class Relay:
         if head_only:
             await writer.drain()
             return True
+        if job.body is not None:
+            writer.write(job.body)
+            await writer.drain()
+            await _drain(reader)
+            return False
         if job.file is not None and job.sha256 is not None:
             return await self._send_verified(job, writer)
         if job.file is not None:
@@ -165,6 +178,16 @@ class Relay:
         writer.write(pending)
         await writer.drain()
         return True
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    """Reads and drops what mitmproxy still streams of a refused request, until it closes or goes quiet: the
+    client must be able to finish sending before it reads the refusal, and nothing of it may be kept."""
+    try:
+        while await asyncio.wait_for(reader.read(_FILE_CHUNK), _IDLE):
+            pass
+    except (TimeoutError, ConnectionError, OSError):
+        pass
 
 
 def _read_hashed(file: BinaryIO, digest: hashlib._Hash) -> bytes:

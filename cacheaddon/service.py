@@ -385,12 +385,16 @@ class CacheService:
             served.append(("Content-Length", str(length)))
 
         async def tee() -> AsyncIterator[bytes]:
-            done = False
+            # The last chunk is held back until the body is committed: a client that has the whole body
+            # and asks again at once gets it from the cache.
+            done, pending = False, b""
             try:
                 try:
                     async for chunk in raw_chunks(upstream):
                         await spool.write(chunk)
-                        yield chunk
+                        if pending:
+                            yield pending
+                        pending = chunk
                 except UpstreamFailure:
                     # Too late for a stale answer, but the next requests should not each wait on this host.
                     self.health.failed(host, time.time(), self.settings.upstream_backoff)
@@ -403,6 +407,8 @@ class CacheService:
                         self._new_entry(request, upstream, fields, body),
                         body.data if body.data is not None else str(body.path),
                     )
+                if pending:
+                    yield pending
             finally:
                 if not done:
                     await spool.abort()

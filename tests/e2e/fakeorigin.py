@@ -114,6 +114,7 @@ class _OriginServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        self.origin._accepted()
         request.settimeout(IO_TIMEOUT)
         conn: socket.socket = request
         if self.origin._ssl_context is not None:
@@ -149,6 +150,7 @@ class FakeOrigin:
         self._lock = threading.Lock()
         self._requests: list[OriginRequest] = []
         self._conns: set[socket.socket] = set()
+        self.accepted = 0  # TCP connections accepted, whether or not a request followed
         self._server: _OriginServer | None = None
         self._thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -182,6 +184,10 @@ class FakeOrigin:
     def _record(self, request: OriginRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def _accepted(self) -> None:
+        with self._lock:
+            self.accepted += 1
 
     def _track(self, conn: socket.socket) -> None:
         with self._lock:
