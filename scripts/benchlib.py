@@ -3,7 +3,11 @@ peak RSS from /proc, medians and a plain-text table.
 
 Also runnable: `python scripts/benchlib.py origin --host 127.0.0.2 --port N` serves the origin until killed.
 The origin answers GET/HEAD /data/<size>/<name> (size in bytes or with a k/m/g suffix) with <size> bytes that
-depend only on the path, generated block by block: a 1 GiB body never sits in memory.
+depend only on the path, generated block by block: a 1 GiB body never sits in memory. It is also a PEP 503
+simple index, for index proxies such as proxpi: /simple/<prefix>-<count>x<size>/ (with or without the final
+slash) lists the files /data/<size>/<prefix>-0000.tar.gz ... with their sha256, and /simple/ is an empty
+project list (projects are named, not listed). GET /_requests answers how many requests the origin has
+served, not counting itself: a benchmark checks with it that a pass of cache hits never reached the origin.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import html
 import importlib.metadata
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -80,7 +87,67 @@ def expected_sha256(path: str, size: int) -> str:
     return digest.hexdigest()
 
 
+# the simple index (PEP 503)
+
+_PROJECT = re.compile(r"^([a-z0-9][a-z0-9.-]*)-([0-9]+)x([0-9]+)$")
+SIMPLE_MAX_FILES = 10_000
+
+
+def project_name(prefix: str, count: int, size: int) -> str:
+    """The simple-index project that lists `count` files of `size` bytes named `prefix`-NNNN.tar.gz."""
+    name = f"{prefix}-{count}x{size}"
+    assert _PROJECT.match(name), name
+    return name
+
+
+def project_files(project: str) -> list[tuple[str, str, int]]:
+    """(file name, origin path, size) of each file that `project` lists; [] for a name not of that form."""
+    match = _PROJECT.match(project)
+    if not match or int(match[2]) > SIMPLE_MAX_FILES:
+        return []
+    prefix, count, size = match[1], int(match[2]), int(match[3])
+    names = [f"{prefix}-{i:04d}.tar.gz" for i in range(count)]
+    return [(name, data_path(size, name), size) for name in names]
+
+
+# Room for every page of a default run (100 warm pages, 100 new ones per miss pass: 700), so that a warm page
+# is never built again while measured (building one hashes its files: milliseconds).
+@functools.lru_cache(maxsize=4096)
+def simple_page(project: str) -> bytes | None:
+    """The origin's PEP 503 page of `project` (deterministic: benchmarks compare its sha256), or None."""
+    files = project_files(project)
+    if not files:
+        return None
+    links = "".join(
+        f'<a href="{html.escape(path)}#sha256={expected_sha256(path, size)}">{html.escape(name)}</a><br/>\n'
+        for name, path, size in files
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.0">'
+        f"<title>Links for {project}</title></head>\n"
+        f"<body><h1>Links for {project}</h1>\n{links}</body></html>\n"
+    ).encode()
+
+
+# Fresh for a day like the files (PyPI says 10 minutes): nginx and Apache follow it, and none of the caches
+# measured may go back to the origin during a run.
+PAGE_CACHE_CONTROL = "public, max-age=86400"
+SIMPLE_ROOT = (
+    b'<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.0">'
+    b"<title>Simple index</title></head><body></body></html>\n"
+)
+
+
 # the origin server
+
+_served_lock = threading.Lock()
+_served_total = 0  # requests served, GET /_requests excepted
+
+
+def _count_request() -> None:
+    global _served_total
+    with _served_lock:
+        _served_total += 1
 
 
 class _OriginHandler(BaseHTTPRequestHandler):
@@ -90,8 +157,30 @@ class _OriginHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def _head(self) -> int | None:
-        parts = self.path.split("?", 1)[0].split("/")
+    def _document(self, body: bytes, content_type: str, cache_control: str) -> bytes:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache_control)
+        self.send_header("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+        self.end_headers()
+        return body
+
+    def _head(self) -> int | bytes | None:
+        """Sends the headers; returns the size of a /data body, the bytes of any other body, or None."""
+        path = self.path.split("?", 1)[0]
+        if path == "/_requests":
+            with _served_lock:
+                total = _served_total
+            return self._document(f"{total}\n".encode(), "text/plain", "no-store")
+        _count_request()
+        parts = path.split("/")
+        if path == "/simple/":
+            return self._document(SIMPLE_ROOT, "text/html", PAGE_CACHE_CONTROL)
+        if len(parts) in (3, 4) and parts[1] == "simple" and parts[3:] in ([], [""]):
+            page = simple_page(parts[2])
+            if page is not None:
+                return self._document(page, "text/html", PAGE_CACHE_CONTROL)
         if len(parts) != 4 or parts[1] != "data":
             self.send_error(404)
             return None
@@ -116,6 +205,9 @@ class _OriginHandler(BaseHTTPRequestHandler):
         if size is None:
             return
         try:
+            if isinstance(size, bytes):
+                self.wfile.write(size)
+                return
             for chunk in body_chunks(self.path.split("?", 1)[0], size):
                 self.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError):
@@ -163,11 +255,63 @@ def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: floa
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout:.0f}s (pid {proc.pid})")
 
 
-class Process:
-    """A child process with its output in a log file; stopped by its PID (SIGTERM, then SIGKILL)."""
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of `pid`, from /proc (empty when it has none or is gone)."""
+    found: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo and len(found) < 10_000:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                start = _start_time(child)
+                if start is not None:
+                    found.append((child, start))
+                    todo.append(child)
+    return found
 
-    def __init__(self, name: str, argv: Sequence[str], log: Path, host: str, port: int) -> None:
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime: tells a reused PID apart
+    except (OSError, IndexError):
+        return None
+
+
+def tree_hwm_kb(pid: int) -> int:
+    """VmHWM of `pid` plus that of each of its live descendants (nginx, Apache, gunicorn serve from them)."""
+    total = proc_status_kb(pid, "VmHWM")
+    for child, _ in descendants(pid):
+        with contextlib.suppress(OSError, KeyError):
+            total += proc_status_kb(child, "VmHWM")
+    return total
+
+
+class Process:
+    """A child process with its output in a log file; stopped by its PID (SIGTERM, then SIGKILL). Its own
+    children (nginx's, Apache's, gunicorn's workers) are stopped by it; any left behind are then killed by
+    their PIDs, as recorded before the stop."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log: Path,
+        host: str,
+        port: int,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name, self.argv, self.log, self.host, self.port = name, list(argv), log, host, port
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -180,10 +324,17 @@ class Process:
             out.write(f"===== {' '.join(self.argv)}\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=client_env()
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**client_env(), **self.env},
             )
         try:
             wait_port(self.host, self.port, self.proc, timeout)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.name}: {exc}; the end of {self.log}:\n{self.log_tail(10)}") from exc
         except BaseException:
             self.stop()
             raise
@@ -193,12 +344,17 @@ class Process:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        children = descendants(proc.pid)
         proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+        for child, start in children:
+            if _start_time(child) == start:  # still the same process: its parent did not stop it
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL by PID, from any thread; stop() still reaps it."""
@@ -227,6 +383,13 @@ def mitmdump_argv(
         assert cache_dir is not None
         argv += ["-s", str(ADDON), "--set", f"cache_dir={cache_dir}", "--set", f"cache_hosts={ORIGIN_HOST}"]
     return argv + list(extra)
+
+
+def origin_requests(origin: str) -> int:
+    """How many requests the origin at URL `origin` has served (GET /_requests, not itself counted)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never the machine's proxy
+    with direct.open(origin + "/_requests", timeout=10) as response:
+        return int(response.read())
 
 
 def start_mitmdump(
