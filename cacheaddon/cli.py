@@ -264,9 +264,12 @@ def _system_certificates(bundle: Path) -> tuple[list[str], str]:
         if not name or not os.path.isfile(name) or Path(name).resolve() == bundle.resolve():
             continue
         try:
-            certs = clientconfig.pem_certificates(Path(name).read_text(encoding="utf-8", errors="replace"))
+            text = Path(name).read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
+        if text.startswith(clientconfig.BUNDLE_MARKER):  # one we wrote, perhaps for another proxy
+            continue
+        certs = clientconfig.pem_certificates(text)
         if certs:
             return certs, name
     return [], ""

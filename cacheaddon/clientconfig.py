@@ -224,8 +224,13 @@ def pem_certificates(text: str) -> list[str]:
     return [m.group(0).replace("\r\n", "\n") for m in _PEM_CERT.finditer(text)]
 
 
+# The first line of every bundle `cacheaddon env` writes: such a file is never read back as "the system's CAs"
+# (after an earlier `eval`, SSL_CERT_FILE names one, and it would carry an old mitmproxy CA forward).
+BUNDLE_MARKER = "# cacheaddon CA bundle: system CAs + mitmproxy's CA"
+
+
 def bundle_text(*sources: Iterable[str]) -> str:
     """One PEM bundle of the certificates from `sources`, in order, each certificate once."""
     # dict keeps first-seen order; a system store that already holds mitmproxy's CA must not list it twice.
     unique = dict.fromkeys(cert for source in sources for cert in source)
-    return "".join(f"{cert}\n" for cert in unique)
+    return BUNDLE_MARKER + "\n" + "".join(f"{cert}\n" for cert in unique)

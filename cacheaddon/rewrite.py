@@ -25,7 +25,12 @@ REWRITABLE = frozenset(
         "application/vnd.npm.install-v1+json",
     }
 )
-_URL = re.compile(rb"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(?=[/\"'#?<\s])")
+# An absolute URL (any case of scheme), JSON-escaped (`https:\/\/host`) or not, or a protocol-relative one
+# (`//host`, only where an attribute or string starts: `ftp://host` must not match as `//host`).
+_URL = re.compile(
+    rb"""(?i)(?:(https?):|(?<=["'\s=(]))(//|\\/\\/)([a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?"""
+    rb"""(?=[/\\"'#?<\s])"""
+)
 _ROUTED = re.compile(r"^/_cacheaddon/(https?)/([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?(/.*)?$")
 _DEFAULT_PORT = {"http": 80, "https": 443}
 
@@ -46,22 +51,34 @@ def hostport(origin: Origin) -> str:
     return host if _DEFAULT_PORT.get(origin.scheme) == origin.port else f"{host}:{origin.port}"
 
 
-def rewrite_links(body: bytes, base: str, upstream: Origin, cached: Callable[[str, int], bool]) -> bytes:
-    """base: the endpoint's own origin as the client reached it, e.g. http://127.0.0.1:8081."""
+def rewrite_links(
+    body: bytes, base: str, upstream: Origin, cached: Callable[[str, int], bool], doc_scheme: str = ""
+) -> bytes:
+    """base: the endpoint's own origin as the client reached it, e.g. http://127.0.0.1:8081; doc_scheme: the
+    scheme the document was fetched with, for protocol-relative links (default: the upstream's)."""
     base_b = base.rstrip("/").encode()
 
     def replace(match: re.Match[bytes]) -> bytes:
-        scheme = match[1].decode().lower()
-        host = match[2].decode().lower().strip("[]")
-        port = int(match[3]) if match[3] else _DEFAULT_PORT[scheme]
+        scheme = (match[1] or (doc_scheme or upstream.scheme).encode()).decode().lower()
+        host = match[3].decode().lower().strip("[]")
+        port = int(match[4]) if match[4] else _DEFAULT_PORT[scheme]
         origin = Origin(scheme, host, port)
         if origin == upstream:
-            return base_b
-        if cached(host, port):
-            return base_b + f"{ROUTE}{scheme}/{hostport(origin)}".encode()
-        return match[0]
+            new = base_b
+        elif cached(host, port):
+            new = base_b + f"{ROUTE}{scheme}/{hostport(origin)}".encode()
+        else:
+            return match[0]
+        return new.replace(b"/", b"\\/") if match[2] != b"//" else new
 
     return _URL.sub(replace, body)
+
+
+def rewrite_url(url: str, base: str, upstream: Origin, cached: Callable[[str, int], bool]) -> str:
+    """One URL (a redirect's Location), rewritten as a link in a document would be."""
+    # Padded so that a bare "https://host" or a protocol-relative "//host/x" is delimited like in a document.
+    padded = f" {url} ".encode("latin-1", "replace")
+    return rewrite_links(padded, base, upstream, cached)[1:-1].decode("latin-1")
 
 
 def route(path: str) -> tuple[Origin, str] | None:

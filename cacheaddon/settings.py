@@ -39,7 +39,11 @@ DEFAULT_IMMUTABLE = (
     "*.gem",
     "*.nupkg",
     "*.crate",
+    "*/crates/*/*/download",  # cargo's download URL for crates.io (config.json "dl" without markers)
     "*.jar",
+    "*.pom",
+    "*/@v/*.mod",  # Go module proxy: a version's go.mod and .info never change (the .zip is above)
+    "*/@v/*.info",
 )
 
 DEFAULT_ALLOW_CLIENTS = ("127.0.0.0/8", "::1")
@@ -64,7 +68,7 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         list(DEFAULT_IMMUTABLE),
         "Glob patterns (fnmatch, on the URL path) of package files that never go stale; comma-separated "
         "patterns allowed; set to an empty string to turn this off. Default: wheels, sdists, npm tarballs, "
-        ".gem, .nupkg, .jar, .crate.",
+        ".gem, .nupkg, .jar and .pom, crates, Go module versions.",
     ),
     ("cache_negative_ttl", int, 600, "Seconds a 404 or 410 answer is cached."),
     (
@@ -123,8 +127,8 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "cache_strict_hosts",
         bool,
         False,
-        "Refuse (403) requests and CONNECTs to hosts outside cache_hosts: the proxy becomes an egress "
-        "firewall.",
+        "Refuse (403) requests and CONNECTs to hosts outside cache_hosts (and, for a pattern without a port, "
+        "to ports other than 80 and 443): the proxy becomes an egress firewall.",
     ),
 )
 
@@ -140,8 +144,11 @@ class HostPattern:
     host: str  # lower case; "*.example.org" matches subdomains only
     port: int | None
 
-    def matches(self, host: str, port: int) -> bool:
+    def matches(self, host: str, port: int, any_port: bool = True) -> bool:
+        """any_port=False: a pattern without a port stands for the web ports (80, 443) only."""
         if self.port is not None and self.port != port:
+            return False
+        if self.port is None and not any_port and port not in (80, 443):
             return False
         if self.host.startswith("*."):
             return host.endswith(self.host[1:])
@@ -167,6 +174,14 @@ class Settings:
     def is_cached_host(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]")
         return any(p.matches(host, port) for p in self.hosts)
+
+    def is_permitted_destination(self, host: str, port: int) -> bool:
+        """Whether a request or CONNECT may go to host:port at all. Under cache_strict_hosts only cached
+        hosts, and a pattern without a port only on 80 and 443: a tunnel to pypi.org:22 is no download."""
+        if not self.strict_hosts:
+            return True
+        host = host.lower().strip("[]")
+        return any(p.matches(host, port, any_port=False) for p in self.hosts)
 
     def is_allowed_client(self, address: str) -> bool:
         try:

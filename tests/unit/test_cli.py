@@ -210,6 +210,31 @@ def test_run_with_the_cache_addon_rejects_a_bad_value(tmp_path: Path, child_env:
 
 
 @pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("cache_size_limit", "ten gigs", "cache_size_limit: 'ten gigs' is not a size"),
+        ("cache_hosts", "pypi.org:99999", "cache_hosts: 'pypi.org:99999' has an invalid port"),
+        ("cache_allow_clients", "10.0.0.0/33", "cache_allow_clients: '10.0.0.0/33' is not an IP address"),
+        ("cache_dir", "{file}/cache", "cache_dir: cannot open cache_dir"),
+    ],
+)
+def test_run_with_the_cache_addon_rejects_values_its_own_validation_refuses(
+    tmp_path: Path, child_env: dict[str, str], option: str, value: str, message: str
+) -> None:
+    """Values of the right type that only the addon's configure() can refuse: exit 1 with one clear line,
+    promptly (an unusable cache_dir once sent configure into a loop of roll-backs)."""
+    pytest.importorskip("cacheaddon.addon")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    value = value.format(file=blocker)
+    args = ["run", "-p", str(_free_port()), "--set", f"confdir={tmp_path}", "--set", f"{option}={value}"]
+    result = _run([*_script(), *args], child_env, tmp_path)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"cacheaddon run: {message}" in result.stderr
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
     "setting", [["--set", "connection_strategy=eager"], ["--set=connection_strategy=eager"]]
 )
 def test_run_refuses_eager(tmp_path: Path, child_env: dict[str, str], setting: list[str]) -> None:
@@ -342,6 +367,25 @@ def test_env_bundle_is_system_cas_plus_mitmproxy_ca(
     assert cli.main(["env", "--confdir", str(confdir)]) == 0
     again = pem_certificates(bundle.read_text())
     assert len(again) == len(set(again)) and mitm[0] in again and len(again) > 1
+
+
+def test_env_never_takes_an_earlier_bundle_for_the_system_store(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After `eval` for one proxy, SSL_CERT_FILE names that proxy's bundle; a bundle for a second proxy must
+    # not inherit the first proxy's CA from it.
+    other = tmp_path / "other-conf"
+    other_ca = _make_ca(other)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "nothing-here.pem"))
+    assert cli.main(["env", "--confdir", str(other)]) == 0
+    first = other / "cacheaddon-ca-bundle.pem"
+    assert other_ca in pem_certificates(first.read_text())
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(first))
+    assert cli.main(["env", "--confdir", str(confdir)]) == 0
+    second = pem_certificates((confdir / "cacheaddon-ca-bundle.pem").read_text())
+    assert other_ca not in second
+    assert second[-1] == pem_certificates((confdir / "mitmproxy-ca-cert.pem").read_text())[0]
 
 
 def test_env_bundle_from_the_real_system_store(
