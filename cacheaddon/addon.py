@@ -22,17 +22,17 @@ mitmproxy. Disk work runs in a small thread pool; connection_strategy is forced 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.net import encoding
-from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy import connection, ctx, dns, exceptions, http
+from mitmproxy.net.dns import response_codes
+from mitmproxy.proxy import server_hooks
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from cacheaddon import policy, responses, rewrite, settings, tasks
+from cacheaddon import endpoint, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
@@ -42,6 +42,7 @@ from cacheaddon.upstream import Upstream, tls_context
 logger = logging.getLogger(__name__)
 
 _META = "cacheaddon"  # flow.metadata key: {"url": original URL, "outcome": ..., "detail": ...}
+_CLIENT_HOST = "cacheaddon-client-host"  # flow.metadata key: the Host an endpoint's client sent
 _UPSTREAM_OPTIONS = {
     "cache_upstream_timeout",
     "ssl_insecure",
@@ -50,12 +51,34 @@ _UPSTREAM_OPTIONS = {
 }
 
 
+# Request fields that are for the proxy alone, never for an upstream (mitmproxy passes them on).
+_PROXY_FIELDS = ("proxy-authorization", "proxy-connection")
+
+
 def _headers(request: http.Request) -> dict[str, str]:
-    fields: dict[str, str] = {}
+    fields: dict[str, list[str]] = {}
     for name, value in request.headers.items(multi=True):
-        name = name.lower()
-        fields[name] = f"{fields[name]}, {value}" if name in fields else value
-    return fields
+        fields.setdefault(name.lower(), []).append(value)
+    return {name: ", ".join(values) for name, values in fields.items()}
+
+
+def _url(req: http.Request) -> str:
+    """The request's URL, built from the parts mitmproxy connects by (its own .url loses an IPv6 host's
+    brackets, and glues on a path that need not start with '/')."""
+    return f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}{req.path}"
+
+
+def _endpoint_hosts(modes: list[str]) -> tuple[settings.HostPattern, ...]:
+    """The upstreams of the endpoints (reverse modes) are cached hosts, whatever cache_hosts says."""
+    hosts = []
+    for spec in modes:
+        try:
+            mode = ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports it
+        if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
+            hosts.append(settings.HostPattern(mode.address[0].lower(), mode.address[1]))
+    return tuple(hosts)
 
 
 def _client_ip(flow: http.HTTPFlow) -> str:
@@ -74,6 +97,7 @@ class CacheAddon:
             ThreadPoolExecutor(1, thread_name_prefix="cacheaddon-db"),
             ThreadPoolExecutor(4, thread_name_prefix="cacheaddon-io"),
         )
+        self.own_host_header = False  # we turned keep_host_header on, and restore Host ourselves
 
     def load(self, loader: Any) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every request at info
@@ -81,12 +105,48 @@ class CacheAddon:
             loader.add_option(name, typespec, default, help_text)
 
     def configure(self, updated: set[str]) -> None:
-        # Validate before touching any other option: updating one re-enters configure, and a bad value would
-        # then fail over and over again while mitmproxy rolls back.
+        # Everything that can fail comes before any option is updated: an update re-enters configure, and
+        # a failure there makes mitmproxy roll back, which re-enters it again, for ever.
         try:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
+        new = dataclasses.replace(new, hosts=new.hosts + _endpoint_hosts(list(ctx.options.mode)))
+        if self.service is None or updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS | {"mode"}):
+            self._build(new, updated)
+        self._force_options()
+
+    def _build(self, new: settings.Settings, updated: set[str]) -> None:
+        """The store, the upstream client and the service for these settings (reusing what did not change)."""
+        old = self.settings
+        store = self.store
+        if store is None or old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit):
+            try:
+                store = Store(new.cache_dir, new.size_limit)
+            except StoreError as exc:
+                raise exceptions.OptionsError(f"cache_dir: {exc}") from None
+        upstream = self.upstream
+        if upstream is None or updated & _UPSTREAM_OPTIONS:
+            try:
+                verify = tls_context(
+                    ctx.options.ssl_insecure,
+                    ctx.options.ssl_verify_upstream_trusted_ca,
+                    ctx.options.ssl_verify_upstream_trusted_confdir,
+                )
+            except (OSError, ValueError) as exc:
+                if store is not self.store:
+                    store.close()
+                raise exceptions.OptionsError(f"ssl_verify_upstream_trusted_ca: {exc}") from None
+            upstream = Upstream(new.upstream_timeout, verify)
+        if self.store is not None and store is not self.store:
+            self.store.close()
+        if self.upstream is not None and upstream is not self.upstream:
+            _close_later(self.upstream)
+        self.settings, self.store, self.upstream = new, store, upstream
+        self.service = CacheService(new, store, upstream, self.health, self.pools)
+
+    def _force_options(self) -> None:
+        """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
         if ctx.options.connection_strategy != "lazy":
             # eager connects upstream before any hook runs, so a dead registry would drop clients the cache
             # could have answered.
@@ -95,33 +155,13 @@ class CacheAddon:
             )
             ctx.options.update(connection_strategy="lazy")
         if ctx.options.stream_large_bodies is None:
-            # What passes through untouched (other hosts, uploads, ranges) must not be buffered whole either.
+            # What passes through untouched (other hosts, uploads) must not be buffered whole either.
             ctx.options.update(stream_large_bodies="1m")
-        if not updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS) and self.service is not None:
-            return
-        old, self.settings = self.settings, new
-        if (
-            old is None
-            or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit)
-            or self.store is None
-        ):
-            try:
-                store = Store(new.cache_dir, new.size_limit)
-            except StoreError as exc:
-                raise exceptions.OptionsError(f"cache_dir: {exc}") from None
-            if self.store is not None:
-                self.store.close()
-            self.store = store
-        if self.upstream is None or updated & _UPSTREAM_OPTIONS:
-            verify = tls_context(
-                ctx.options.ssl_insecure,
-                ctx.options.ssl_verify_upstream_trusted_ca,
-                ctx.options.ssl_verify_upstream_trusted_confdir,
-            )
-            old_upstream, self.upstream = self.upstream, Upstream(new.upstream_timeout, verify)
-            if old_upstream is not None:
-                _close_later(old_upstream)
-        self.service = CacheService(new, self.store, self.upstream, self.health, self.pools)
+        if not ctx.options.keep_host_header:
+            # Endpoints rewrite links to the address their client used, which only the client's Host tells;
+            # mitmproxy would overwrite it before any hook. requestheaders restores the upstream's Host.
+            self.own_host_header = True
+            ctx.options.update(keep_host_header=True)
 
     async def running(self) -> None:
         await self.relay.start()
@@ -135,22 +175,44 @@ class CacheAddon:
         for pool in self.pools:
             pool.shutdown(wait=False)
 
-    def _refusal(self, flow: http.HTTPFlow) -> str | None:
+    def _refusal(self, client: connection.Client, host: str, port: int) -> str | None:
         """Why this client or destination is refused, if it is: not an open proxy; egress firewall."""
         assert self.settings is not None
-        ip = _client_ip(flow)
+        ip = str(client.peername[0]) if client.peername else ""
         if not self.settings.is_allowed_client(ip):
             return f"client {ip} is not in cache_allow_clients"
-        if self.settings.strict_hosts and not self.settings.is_cached_host(
-            flow.request.host, flow.request.port
-        ):
-            return f"{flow.request.host}:{flow.request.port} is not in cache_hosts (cache_strict_hosts)"
+        if not self.settings.is_permitted_destination(host, port):
+            return f"{host}:{port} is not in cache_hosts (cache_strict_hosts)"
         return None
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The last gate before any connection leaves: raw TCP and UDP (SOCKS5, transparent, tcp:/udp:
+        reverse modes, tunnels mitmproxy does not intercept) never pass the HTTP hooks."""
+        address = data.server.address
+        if self.settings is None or data.server.error or address is None:
+            return
+        if address == ("127.0.0.1", self.relay.port):
+            return
+        refusal = self._refusal(data.client, str(address[0]), int(address[1]))
+        if self.settings.offline:
+            refusal = refusal or "offline (cache_offline)"
+        if refusal:
+            logger.warning("refused a connection to %s:%s: %s", address[0], address[1], refusal)
+            data.server.error = refusal
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        if self.settings is None or flow.response or flow.error:
+            return
+        names = [q.name for q in flow.request.questions] or [""]
+        refusals = [r for name in names if (r := self._refusal(flow.client_conn, name, 443))]
+        if refusals:
+            logger.warning("refused a DNS query for %s: %s", ", ".join(names), refusals[0])
+            flow.response = flow.request.fail(response_codes.REFUSED)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or self.settings is None:
             return
-        refusal = self._refusal(flow)
+        refusal = self._refusal(flow.client_conn, flow.request.host, flow.request.port)
         if refusal:
             logger.warning("refused CONNECT from %s: %s", _client_ip(flow), refusal)
             flow.response = responses.forbidden(refusal)
@@ -163,13 +225,23 @@ class CacheAddon:
         drops its body and answers 403: not a byte leaves the host."""
         if flow.response or flow.error or self.settings is None:
             return
-        refusal = self._refusal(flow)
+        req = flow.request
+        named = {n.strip().lower() for n in req.headers.get("connection", "").split(",")}
+        for name in (*_PROXY_FIELDS, *(named - {"close", "keep-alive", "upgrade", ""})):
+            req.headers.pop(name, None)
+        upstream = endpoint.upstream_of(flow)
+        if upstream is not None:
+            flow.metadata[_CLIENT_HOST] = req.host_header
+            if self.own_host_header:
+                req.host_header = rewrite.hostport(upstream)
+        refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
-            url = policy.redact(flow.request.url)
-            logger.warning("refused %s %s from %s: %s", flow.request.method, url, _client_ip(flow), refusal)
+            logger.warning(
+                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
+            )
             forbidden = responses.forbidden(refusal)
             fields = [*forbidden.headers.items(multi=True), ("Connection", "close")]
-            flow.metadata[_META] = {"url": flow.request.url, "refused": True}
+            flow.metadata[_META] = {"url": _url(req), "refused": True}
             flow.request.stream = True
             await self.relay.start()
             self._relay(flow, Job(403, "Forbidden", fields, body=forbidden.raw_content or b""))
@@ -179,15 +251,16 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
-        refusal = self._refusal(flow)
+        req = flow.request
+        refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
-            url = policy.redact(flow.request.url)
-            logger.warning("refused %s %s from %s: %s", flow.request.method, url, _client_ip(flow), refusal)
+            logger.warning(
+                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
+            )
             flow.response = responses.forbidden(refusal)
             return
-        req = flow.request
-        endpoint = _endpoint(flow)
-        if endpoint is not None and (routed := rewrite.route(req.path)) is not None:
+        upstream = endpoint.upstream_of(flow)
+        if upstream is not None and (routed := rewrite.route(req.path)) is not None:
             origin, path = routed
             if not self.settings.is_cached_host(origin.host, origin.port):
                 # Only rewritten links lead here; anything else would make the endpoint an open proxy.
@@ -195,72 +268,49 @@ class CacheAddon:
                 return
             req.scheme, req.host, req.port, req.path = origin.scheme, origin.host, origin.port, path
             req.host_header = rewrite.hostport(origin)
-            if origin != endpoint:
+            if origin != upstream:
                 # Clients send the endpoint's credentials with every link it rewrote: they are not for
                 # the other hosts behind it.
                 for name in policy.CREDENTIAL_HEADERS:
                     req.headers.pop(name, None)
-        if endpoint is not None and ("range" in req.headers or "if-range" in req.headers):
-            if not policy.is_immutable(req.pretty_url, self.settings):
-                # Documents are rewritten per endpoint, so a slice of the stored original would not be a
-                # slice of what the client was sent: answer them whole (RFC 9110 14.2 allows it).
-                req.headers.pop("range", None)
-                req.headers.pop("if-range", None)
+        url = _url(req)
         if not self.settings.is_cached_host(req.host, req.port):
+            if self.settings.offline:  # a reproducible build must not reach out anywhere
+                flow.response = responses.error(504, policy.redact(url), "offline: not a cached host")
             return
+        if not req.path.startswith("/"):
+            # HTTP/2 lets a client send any :path; glued to the host it could name another host entirely.
+            detail = "invalid request target"
+            flow.response = responses.error(400, policy.redact(url), detail)
+            return
+        method = req.method
+        if upstream is not None and method == "HEAD" and not policy.is_immutable(url, self.settings):
+            method = "GET"  # a document's headers as the endpoint serves it (rewritten) need its body
         view = policy.RequestView(
-            req.method, policy.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
+            method, policy.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
         )
+        health_key = f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}"
         why_not = policy.request_cacheability(view)
         if why_not is not None:
             if self.settings.offline:
                 detail = f"offline: {why_not}"
-                self._apply(flow, Reply(policy.Outcome.MISS, detail, responses.error(504, req.url, detail)))
+                reply = Reply(policy.Outcome.MISS, detail, responses.error(504, url, detail))
+            elif "upgrade" in req.headers:  # a protocol switch (WebSocket) is mitmproxy's to relay
+                flow.metadata[_META] = {"url": url, "outcome": policy.Outcome.MISS, "detail": why_not}
+                return
             else:
-                flow.metadata[_META] = {"url": req.url, "outcome": policy.Outcome.MISS, "detail": why_not}
-            return
-        reply = await self.service.answer(view, req.url, req.host)
-        if reply is None:
-            detail = "range request: passed to the upstream, not stored"
-            flow.metadata[_META] = {"url": req.url, "outcome": policy.Outcome.MISS, "detail": detail}
-            return
-        if endpoint is not None and req.method == "GET":
-            reply = await self._rewritten(flow, endpoint, reply)
+                reply = await self.service.forward(view, url, health_key, req.raw_content, why_not)
+        else:
+            reply = await self.service.answer(view, url, health_key, whole_documents=upstream is not None)
+        if upstream is not None:
+            base = endpoint.client_base(flow, flow.metadata.get(_CLIENT_HOST))
+            reply = await endpoint.rewritten(reply, base, upstream, self.settings.is_cached_host, url)
         if reply.job is not None:
             await self.relay.start()
-        self._apply(flow, reply)
+        self._apply(flow, reply, url)
 
-    async def _rewritten(self, flow: http.HTTPFlow, endpoint: rewrite.Origin, reply: Reply) -> Reply:
-        """An index document served through an endpoint, its links pointing back at the endpoint."""
-        assert self.settings is not None
-        status, fields = _status_fields(reply)
-        ctype = next((v for k, v in fields if k.lower() == "content-type"), "")
-        if status != 200 or not rewrite.is_rewritable(ctype):
-            return reply
-        body = await _materialize(reply)
-        if body is None:
-            detail = "document could not be read for rewriting"
-            return Reply(reply.outcome, detail, responses.error(502, flow.request.url, detail, reply.outcome))
-        content_encoding = next((v for k, v in fields if k.lower() == "content-encoding"), "identity")
-        host, port = flow.client_conn.sockname[:2]
-        host = f"[{host}]" if ":" in host else host
-        scheme = "https" if flow.client_conn.tls_established else "http"
-        base = f"{scheme}://{host}:{port}"
-        new_body = await asyncio.to_thread(
-            _decode_and_rewrite, body, content_encoding, base, endpoint, self.settings.is_cached_host
-        )
-        if new_body is None:
-            return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
-        # The rewritten document is sent unencoded; its ETag still names the upstream's document.
-        kept = [
-            (k, v)
-            for k, v in fields
-            if k.lower() not in ("content-encoding", "content-length", "accept-ranges")
-        ]
-        return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
-
-    def _apply(self, flow: http.HTTPFlow, reply: Reply) -> None:
-        flow.metadata[_META] = {"url": flow.request.url, "outcome": reply.outcome, "detail": reply.detail}
+    def _apply(self, flow: http.HTTPFlow, reply: Reply, url: str) -> None:
+        flow.metadata[_META] = {"url": url, "outcome": reply.outcome, "detail": reply.detail}
         if reply.response is not None:
             if flow.request.method == "HEAD" and reply.response.raw_content:
                 # A body after a HEAD answer would be read by a keep-alive client as its next response.
@@ -277,11 +327,25 @@ class CacheAddon:
         self._relay(flow, reply.job)
 
     def _relay(self, flow: http.HTTPFlow, job: Job) -> None:
-        """Re-points the flow at the relay, which answers it with `job`."""
+        """Re-points the flow at the relay, which answers it with `job`. The relay needs none of the client's
+        fields but the body's framing (kept aside for logs and other addons, and put back in `response`)."""
         token = self.relay.register(job)
-        flow.metadata[_META]["relay"] = True
-        flow.request.scheme, flow.request.host, flow.request.port = "http", "127.0.0.1", self.relay.port
-        flow.request.path = "/" + token
+        meta = flow.metadata[_META]
+        meta["relay"], meta["token"], meta["headers"] = True, token, flow.request.headers.copy()
+        req = flow.request
+        framing = [
+            (k, v) for k, v in req.headers.fields if k.lower() in (b"content-length", b"transfer-encoding")
+        ]
+        req.headers = http.Headers([(b"Host", f"127.0.0.1:{self.relay.port}".encode()), *framing])
+        req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, "/" + token
+
+    def _unrelay(self, flow: http.HTTPFlow, meta: dict[str, Any]) -> None:
+        """The flow as the client sent it, for logs and other addons; and the relay's job released if the
+        flow never reached it."""
+        if meta.pop("relay", None):
+            self.relay.cancel(meta.pop("token"))
+            flow.request.url = meta["url"]
+            flow.request.headers = meta.pop("headers")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)
@@ -297,11 +361,11 @@ class CacheAddon:
         meta = flow.metadata.get(_META)
         if meta is None or flow.response is None:
             return
-        if meta.get("relay"):
-            flow.request.url = meta["url"]  # logs and other addons see the real URL, not the relay's
+        relayed = meta.get("relay")
+        self._unrelay(flow, meta)
         if meta.get("refused"):
             return  # logged when refused
-        if not meta.get("relay") and "x-cache" not in flow.response.headers:
+        if not relayed and "x-cache" not in flow.response.headers:
             for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
                 flow.response.headers[name] = value
         size = flow.response.headers.get("content-length", "-")
@@ -317,67 +381,10 @@ class CacheAddon:
         meta = flow.metadata.get(_META)
         if meta is None:
             return
-        if meta.get("relay"):
-            flow.request.url = meta["url"]
+        self._unrelay(flow, meta)
         if meta.get("refused"):
             return
         logger.warning("%s failed %s: %s", meta["outcome"].value, policy.redact(meta["url"]), flow.error)
-
-
-def _endpoint(flow: http.HTTPFlow) -> rewrite.Origin | None:
-    """The upstream origin of the registry endpoint (reverse-proxy listener) this flow came through."""
-    mode = flow.client_conn.proxy_mode
-    if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
-        return rewrite.Origin(mode.scheme, mode.address[0].lower(), mode.address[1])
-    return None
-
-
-def _status_fields(reply: Reply) -> tuple[int, list[tuple[str, str]]]:
-    if reply.response is not None:
-        return reply.response.status_code, list(reply.response.headers.items(multi=True))
-    assert reply.job is not None
-    return reply.job.status, reply.job.headers
-
-
-async def _materialize(reply: Reply) -> bytes | None:
-    """The whole body of a reply (documents only: they are rewritten in memory)."""
-    if reply.response is not None:
-        return reply.response.raw_content or b""
-    job: Job | None = reply.job
-    assert job is not None
-    try:
-        if job.file is not None:
-            job.file.seek(job.offset)
-            data = await asyncio.to_thread(job.file.read, job.length)
-            if job.sha256 is not None and hashlib.sha256(data).hexdigest() != job.sha256:
-                logger.warning("a cached document changed on disk: dropped, will fetch again")
-                if job.on_corrupt is not None:
-                    await job.on_corrupt()
-                return None
-            return data
-        assert job.stream is not None
-        return b"".join([chunk async for chunk in job.stream])
-    except Exception as exc:
-        logger.warning("could not read a document to rewrite: %s", exc)
-        return None
-    finally:
-        await job.aclose()
-
-
-def _decode_and_rewrite(
-    body: bytes,
-    content_encoding: str,
-    base: str,
-    endpoint: rewrite.Origin,
-    cached: Callable[[str, int], bool],
-) -> bytes | None:
-    """In a thread: a 20 MB npm document takes ~0.1 s to decode and rewrite. None if it cannot be decoded."""
-    try:
-        decoded = encoding.decode(body, content_encoding)
-    except ValueError:
-        return None
-    data = decoded if isinstance(decoded, bytes) else decoded.encode()
-    return rewrite.rewrite_links(data, base, endpoint, cached)
 
 
 def _close_later(upstream: Upstream) -> None:

@@ -76,5 +76,5 @@ class Entry:
                 vary=tuple((str(k), str(v)) for k, v in record["vary"]),
             )
         except (KeyError, TypeError, ValueError):
-            logger.warning("unreadable cache record for %s: treated as a miss", record.get("url"))
+            logger.warning("unreadable cache record: treated as a miss")
             return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 class HostHealth:
-    """After a failure a host backs off for a while: stale entries are served at once and at most one
-    background probe at a time asks whether the host is back. Time is passed in, never read."""
+    """After a failure an origin (scheme://host:port; the argument named `host` below) backs off for a while:
+    stale entries are served at once and at most one background probe at a time asks whether it is back.
+    Time is passed in, never read."""
 
     def __init__(self) -> None:
         self._down_until: dict[str, float] = {}

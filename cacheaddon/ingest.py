@@ -11,17 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mitmproxy.net import encoding
-
-from cacheaddon import digests
+from cacheaddon import decoding, digests
 from cacheaddon.entry import Entry
+from cacheaddon.policy import redact
 from cacheaddon.store import Store, StoreError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_DOC_LIMIT = 64 * 1024 * 1024  # index documents larger than this are not searched for digests
+# Index documents larger than this (decoded) are not searched for digests: parsing costs ~5x their size in
+# memory, and the client checks the digests itself anyway.
+_DOC_LIMIT = 32 * 1024 * 1024
 
 
 class Ingest:
@@ -42,7 +43,9 @@ class Ingest:
             expected = await self._db(self.store.expected_digest, entry.url)
             if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
                 logger.warning(
-                    "%s does not match the digest its index published (%s): not cached", entry.url, expected
+                    "%s does not match the digest its index published (%s): not cached",
+                    redact(entry.url),
+                    expected,
                 )
                 if isinstance(body, str):
                     await self._disk(self.store.discard, body)
@@ -59,7 +62,7 @@ class Ingest:
                     await self._db(self.store.record_digests, found)
         except (StoreError, OSError) as exc:
             level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
-            logger.warning("could not store %s (%s): %s", entry.url, level, exc)
+            logger.warning("could not store %s (%s): %s", redact(entry.url), level, exc)
 
 
 def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:
@@ -89,7 +92,6 @@ def _document(entry: Entry, body: bytes | str) -> bytes | None:
         return None
     data = body if isinstance(body, bytes) else Path(body).read_bytes()
     try:
-        decoded = encoding.decode(data, entry.header("content-encoding") or "identity")
-    except ValueError:
+        return decoding.decode(data, entry.header("content-encoding") or "", _DOC_LIMIT)
+    except ValueError:  # undecodable, or a compression bomb
         return None
-    return decoded if isinstance(decoded, bytes) else decoded.encode()

@@ -41,6 +41,10 @@ CREDENTIAL_HEADERS = (
     "x-api-key",
     "x-jfrog-art-api",
 )
+# Request fields whose names look like credentials but are not keyed on: an answer the upstream marks private
+# is then not stored, since it could belong to whoever sent them. Known harmless fields are left out.
+_CREDENTIAL_LIKE = re.compile(r"auth|token|secret|passw|api-?key|credential")
+_NOT_CREDENTIALS = frozenset({"npm-auth-type", "proxy-authorization"})
 # Always part of the key: registries negotiate on them without always saying so in Vary (npm does not).
 KEYED_HEADERS = ("accept", "accept-encoding")
 STORABLE_STATUS = frozenset({200, 203, 300, 301, 308})
@@ -168,6 +172,30 @@ def storability(
     if content_length is not None and content_length > settings.max_object_size:
         return f"not stored: larger than cache_max_object_size ({content_length} bytes)"
     return None
+
+
+def unkeyed_credentials(request: RequestView) -> tuple[str, ...]:
+    """Names of request fields that look like credentials but are not among CREDENTIAL_HEADERS."""
+    return tuple(
+        name
+        for name in request.headers
+        if name not in CREDENTIAL_HEADERS and name not in _NOT_CREDENTIALS and _CREDENTIAL_LIKE.search(name)
+    )
+
+
+def private_storability(request: RequestView, response_headers: Mapping[str, str]) -> str | None:
+    """None when storing is safe, else why not: a private answer to a request whose credentials the key does
+    not hold would be served to clients without them. (Keyed credentials keep private answers to
+    themselves, so there Cache-Control is ignored like everywhere else.)"""
+    directives = {
+        d.split("=", 1)[0].strip() for d in response_headers.get("cache-control", "").lower().split(",")
+    }
+    if "private" not in directives:
+        return None
+    unkeyed = unkeyed_credentials(request)
+    if not unkeyed:
+        return None
+    return f"not stored: private answer to a request with {unkeyed[0]}"
 
 
 def is_immutable(url: str, settings: Settings) -> bool:

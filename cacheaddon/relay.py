@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 _HEAD_LIMIT = 64 * 1024
 _IDLE = 120.0  # seconds an idle keep-alive connection from mitmproxy is kept
-_JOB_TTL = 60.0  # seconds a registered job waits for mitmproxy to ask for it
+# Seconds a registered job waits for mitmproxy to ask for it (it does at once, unless the flow died: then the
+# error hook cancels the job; this is the backstop that releases the upstream connection a job may hold).
+_JOB_TTL = 15.0
 _FILE_CHUNK = 1024 * 1024
 
 
@@ -82,10 +84,13 @@ class Relay:
         asyncio.get_running_loop().call_later(_JOB_TTL, self._expire, token)
         return token
 
-    def _expire(self, token: str) -> None:
+    def cancel(self, token: str) -> None:
+        """Releases a job that will not be asked for (its flow failed before reaching the relay)."""
         job = self._jobs.pop(token, None)
         if job is not None:
             tasks.spawn(self._finish(job))
+
+    _expire = cancel
 
     async def _finish(self, job: Job) -> None:
         await job.aclose()
@@ -118,6 +123,8 @@ class Relay:
         self, job: Job, head_only: bool, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Writes one response; False when the connection must close (the body was cut short)."""
+        # RFC 9110 6.4.1: these answers have no body, whatever their fields say.
+        head_only = head_only or job.status in (204, 304) or job.status < 200
         chunked = job.stream is not None and not any(k.lower() == "content-length" for k, _ in job.headers)
         lines = [f"HTTP/1.1 {job.status} {job.reason or 'OK'}"]
         lines += [f"{k}: {v}" for k, v in job.headers]

@@ -14,12 +14,27 @@ from cacheaddon.policy import HOP_BY_HOP, Outcome
 _NOT_MODIFIED_FIELDS = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "last-modified", "vary"}
 )
-_MASKED = frozenset({"set-cookie", "content-length", "age", "x-cache", "x-cache-detail"})
+_OURS = frozenset({"content-length", "age", "x-cache", "x-cache-detail"})  # framing and what the cache sets
+
+
+def live_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The upstream's header fields as passed on to the client that asked: no hop-by-hop fields or framing."""
+    return tuple((k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in _OURS)
 
 
 def storable_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The upstream's header fields worth keeping: no hop-by-hop fields, no cookies, no framing."""
-    return tuple((k, v) for k, v in fields if k.lower() not in HOP_BY_HOP and k.lower() not in _MASKED)
+    """The upstream's header fields worth keeping for everyone: no cookies either."""
+    return tuple((k, v) for k, v in live_headers(fields) if k.lower() != "set-cookie")
+
+
+# RFC 9111 3.2: these describe the stored body, which a 304 does not replace (some servers send a generic
+# Content-Type or a zero Content-Length with their 304s).
+_BODY_FIELDS = frozenset({"content-type", "content-encoding", "content-range", "content-length"})
+
+
+def revalidated_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The fields of a 304 that update a stored entry."""
+    return tuple((k, v) for k, v in storable_headers(fields) if k.lower() not in _BODY_FIELDS)
 
 
 def cache_fields(outcome: Outcome, reason: str, age: int | None = None) -> list[tuple[str, str]]:

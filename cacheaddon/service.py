@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TypeVar, assert_never
 import httpx
 from mitmproxy import http
 
-from cacheaddon import policy, responses, tasks
+from cacheaddon import policy, responses, rewrite, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -33,10 +33,12 @@ T = TypeVar("T")
 
 # Bodies up to this size are answered from memory; larger ones stream through the relay.
 INLINE_LIMIT = 1024 * 1024
-# A new body for a stale entry is read whole before answering (so a failure midway can still fall back to
-# the entry); up to this size in memory, which also keeps a full disk from costing the client its answer.
-BUFFER_LIMIT = 32 * 1024 * 1024
+# A new body for a stale entry is read whole before answering, so that a failure midway can still fall back
+# to the entry: when it announces up to this size (or no size). It is kept in memory up to INLINE_LIMIT and
+# spooled to a temporary file beyond, up to the larger of this and cache_max_object_size.
+BUFFER_LIMIT = 8 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
+_RANGE_MISS = "range request: passed to the upstream, not stored"
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
 _NOT_FORWARDED = (
@@ -97,9 +99,12 @@ class CacheService:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
 
-    async def answer(self, request: RequestView, url: str, host: str) -> Reply | None:
-        """The reply to a GET or HEAD, or None when mitmproxy should forward it untouched (a Range request
-        for something the cache cannot answer now: it goes upstream and is not stored)."""
+    async def answer(
+        self, request: RequestView, url: str, origin: str, whole_documents: bool = False
+    ) -> Reply:
+        """The reply to a GET or HEAD. A Range request for something not cached is forwarded and not stored.
+        whole_documents (on endpoints, which rewrite index documents): Range is ignored for them, and a miss
+        is fetched whole."""
         key = policy.cache_key(request, self.store.salt)
         try:
             entry, pre = await self._db(self.store.lookup, key, INLINE_LIMIT)
@@ -109,46 +114,75 @@ class CacheService:
         if entry is not None and not policy.vary_matches(entry, request):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
-        decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(host, now))
+        decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(origin, now))
         if decision.action is not Action.SERVE:
             _close(pre)
-        if "range" in request.headers and decision.action is Action.FETCH:
-            return None
+        ranged = "range" in request.headers and not whole_documents
+        if ranged and decision.action is Action.FETCH and entry is None:
+            return await self.forward(request, url, origin, None, _RANGE_MISS)
         match decision.action:
             case Action.SERVE:
                 assert entry is not None
-                reply = await self._serve(entry, decision, request, now, pre)
+                reply = await self._serve(entry, decision, request, now, pre, whole_documents)
                 if reply is None:  # body gone or corrupt: as if never cached
-                    if "range" in request.headers and not self.settings.offline:
-                        return None
-                    return await self.answer_without(request, url, host, key)
-                if decision.probe and self.health.start_probe(host):
-                    tasks.spawn(self._probe(request, url, host, key, entry))
+                    if ranged and not self.settings.offline:
+                        return await self.forward(request, url, origin, None, _RANGE_MISS)
+                    return await self.answer_without(request, url, origin, key)
+                if decision.probe and self.health.start_probe(origin):
+                    tasks.spawn(self._probe(request, url, origin, key, entry))
                 return reply
             case Action.FETCH:
-                return await self._fetch(request, url, host, key, entry, decision)
+                return await self._fetch(request, url, origin, key, entry, decision)
             case Action.OFFLINE_MISS:
-                logger.warning("offline: %s is not in the cache", url)
+                logger.warning("offline: %s is not in the cache", policy.redact(url))
                 return Reply(decision.outcome, decision.reason, responses.error(504, url, decision.reason))
             case _:
                 assert_never(decision.action)
 
-    async def answer_without(self, request: RequestView, url: str, host: str, key: str) -> Reply:
+    async def forward(
+        self, request: RequestView, url: str, origin: str, body: bytes | None, detail: str
+    ) -> Reply:
+        """A request the cache does not answer (another method, a Range of something not cached), sent with
+        our timeouts and back-off: a hanging registry costs one timeout here too, not mitmproxy's ten
+        minutes, and during an outage it is answered 503 at once. Nothing is stored."""
+        if self.health.backing_off(origin, time.time()):
+            detail = "upstream failing recently: not tried (cache_upstream_backoff)"
+            return Reply(Outcome.MISS, detail, responses.error(503, url, detail))
+        try:
+            upstream = await self.upstream.open(request.method, url, request.headers, body)
+        except UpstreamFailure as failure:
+            self.health.failed(origin, time.time(), self.settings.upstream_backoff)
+            detail = f"upstream {failure.reason}"
+            return Reply(Outcome.MISS, detail, responses.error(504 if failure.timeout else 502, url, detail))
+        if upstream.status_code >= 500 or upstream.status_code == 429:
+            self.health.failed(origin, time.time(), self.settings.upstream_backoff)
+        else:
+            self.health.succeeded(origin)
+        fields = [*responses.live_headers(_fields(upstream)), *responses.cache_fields(Outcome.MISS, detail)]
+        length = expected_length(upstream)
+        if length is not None:
+            fields.append(("Content-Length", str(length)))
+        job = Job(upstream.status_code, upstream.reason_phrase, fields, stream=raw_chunks(upstream))
+        job.on_close = upstream.aclose
+        return Reply(Outcome.MISS, detail, job=job)
+
+    async def answer_without(self, request: RequestView, url: str, origin: str, key: str) -> Reply:
         if self.settings.offline:
             detail = "offline: not in cache"
             return Reply(Outcome.MISS, detail, responses.error(504, url, detail))
-        return await self._fetch(request, url, host, key, None, Decision(Action.FETCH, Outcome.MISS, "miss"))
+        miss = Decision(Action.FETCH, Outcome.MISS, "miss")
+        return await self._fetch(request, url, origin, key, None, miss)
 
-    async def _probe(self, request: RequestView, url: str, host: str, key: str, entry: Entry) -> None:
+    async def _probe(self, request: RequestView, url: str, origin: str, key: str, entry: Entry) -> None:
         try:
             reply = await self._fetch(
-                request, url, host, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe")
+                request, url, origin, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe")
             )
             await reply.discard()
         except Exception:
-            logger.exception("background revalidation of %s failed", url)
+            logger.exception("background revalidation of %s failed", policy.redact(url))
         finally:
-            self.health.end_probe(host)
+            self.health.end_probe(origin)
 
     async def _serve(
         self,
@@ -157,6 +191,7 @@ class CacheService:
         request: RequestView,
         now: float,
         pre: Body | BinaryIO | None | bool = False,
+        whole_documents: bool = False,
     ) -> Reply | None:
         outcome, detail, age = decision.outcome, decision.reason, policy.age(entry, now)
         if policy.client_has_current(entry, request):
@@ -168,12 +203,16 @@ class CacheService:
         body = await self._read(entry, pre)
         if body is None:
             return None
-        span = policy.byte_range(request.header("range"), entry.size) if "range" in request.headers else None
+        whole = whole_documents and rewrite.is_rewritable(entry.header("content-type") or "")
+        ranged = "range" in request.headers and not whole
+        span = policy.byte_range(request.header("range"), entry.size) if ranged else None
         if (
             span is not None
             and entry.status == 200
             and policy.if_range_allows(entry, request.header("if-range"))
         ):
+            if body.file is not None and not await self._verified(entry, body.file):
+                return None
             return self._partial(entry, body, span, outcome, detail, age)
         if body.data is not None:
             return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
@@ -182,6 +221,15 @@ class CacheService:
         job = Job(entry.status, entry.reason, fields, file=body.file, length=body.size, sha256=entry.sha256)
         job.on_corrupt = lambda: self._db(self.store.drop_body, entry)
         return Reply(outcome, detail, job=job)
+
+    async def _verified(self, entry: Entry, file: BinaryIO) -> bool:
+        try:
+            if await self._disk(self.store.verify_whole, entry, file):
+                return True
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+        file.close()
+        return False
 
     def _partial(
         self, entry: Entry, body: Body, span: tuple[int, int] | bool, outcome: Outcome, detail: str, age: int
@@ -203,13 +251,13 @@ class CacheService:
         return Reply(outcome, detail, job=job)
 
     async def _failed(
-        self, failure: UpstreamFailure, request: RequestView, url: str, host: str, entry: Entry | None
+        self, failure: UpstreamFailure, request: RequestView, url: str, origin: str, entry: Entry | None
     ) -> Reply:
         now = time.time()
-        self.health.failed(host, now, self.settings.upstream_backoff)
+        self.health.failed(origin, now, self.settings.upstream_backoff)
         fallback = policy.on_failure(entry, failure.reason, self.settings)
         if fallback is not None and entry is not None:
-            logger.warning("upstream failed for %s (%s): serving the cached copy", url, failure.reason)
+            logger.warning("upstream failed for %s (%s)", policy.redact(url), failure.reason)
             reply = await self._serve(entry, fallback, request, now)
             if reply is not None:
                 return reply
@@ -217,7 +265,7 @@ class CacheService:
         return Reply(Outcome.MISS, detail, responses.error(504 if failure.timeout else 502, url, detail))
 
     async def _fetch(
-        self, request: RequestView, url: str, host: str, key: str, entry: Entry | None, decision: Decision
+        self, request: RequestView, url: str, origin: str, key: str, entry: Entry | None, decision: Decision
     ) -> Reply:
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
@@ -225,33 +273,35 @@ class CacheService:
         try:
             upstream = await self.upstream.open(request.method, url, headers)
         except UpstreamFailure as failure:
-            return await self._failed(failure, request, url, host, entry)
+            return await self._failed(failure, request, url, origin, entry)
         status = upstream.status_code
         if status >= 500 or status == 429:  # overloaded or rate-limited: an outage as far as builds go
-            return await self._upstream_5xx(upstream, request, url, host, entry)
-        self.health.succeeded(host)
+            return await self._upstream_5xx(upstream, request, url, origin, entry)
+        self.health.succeeded(origin)
         now = time.time()
         if status == 304 and entry is not None:
             await upstream.aclose()
-            fresh = entry.refreshed(now, responses.storable_headers(_fields(upstream)))
+            fresh = entry.refreshed(now, responses.revalidated_headers(_fields(upstream)))
             await self._save_record(key, fresh)
             return await self._serve(
                 fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now
-            ) or (await self.answer_without(request, url, host, key))
+            ) or (await self.answer_without(request, url, origin, key))
         fields = responses.storable_headers(_fields(upstream))
         length = expected_length(upstream)
-        lower = {k.lower(): v for k, v in fields}
-        why_not = policy.storability(status, lower, length, self.settings)
+        lower = upstream.headers  # case-insensitive; a repeated field reads as its values joined with ", "
+        why_not = policy.storability(status, lower, length, self.settings) or policy.private_storability(
+            request, lower
+        )
         if request.method == "HEAD":
             why_not = why_not or "not stored: HEAD"
         detail = why_not or ("refreshed: entry was stale" if entry is not None else decision.reason)
         small = length is not None and length <= INLINE_LIMIT
         if small or request.method == "HEAD" or (entry is not None and (length or 0) <= BUFFER_LIMIT):
-            return await self._buffered(upstream, request, url, host, key, entry, fields, why_not, detail)
-        return self._streamed(upstream, request, host, key, fields, why_not, detail)
+            return await self._buffered(upstream, request, url, origin, key, entry, fields, why_not, detail)
+        return self._streamed(upstream, request, origin, key, fields, why_not, detail)
 
     async def _upstream_5xx(
-        self, upstream: httpx.Response, request: RequestView, url: str, host: str, entry: Entry | None
+        self, upstream: httpx.Response, request: RequestView, url: str, origin: str, entry: Entry | None
     ) -> Reply:
         status = upstream.status_code
         body = b""
@@ -265,11 +315,11 @@ class CacheService:
         finally:
             await upstream.aclose()
         if entry is not None and self.settings.stale_on_error:
-            return await self._failed(UpstreamFailure(f"answered {status}"), request, url, host, entry)
-        self.health.failed(host, time.time(), self.settings.upstream_backoff)
+            return await self._failed(UpstreamFailure(f"answered {status}"), request, url, origin, entry)
+        self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         detail = f"upstream answered {status}"
         fields = [
-            *responses.storable_headers(_fields(upstream)),
+            *responses.live_headers(_fields(upstream)),
             *responses.cache_fields(Outcome.MISS, detail),
         ]
         return Reply(
@@ -301,7 +351,7 @@ class CacheService:
         try:
             await self._db(self.store.put_record, key, entry)
         except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", entry.url, exc)
+            logger.warning("could not update the cache record of %s: %s", policy.redact(entry.url), exc)
 
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit
@@ -312,7 +362,7 @@ class CacheService:
         upstream: httpx.Response,
         request: RequestView,
         url: str,
-        host: str,
+        origin: str,
         key: str,
         entry: Entry | None,
         fields: tuple[tuple[str, str], ...],
@@ -320,18 +370,22 @@ class CacheService:
         detail: str,
     ) -> Reply:
         """Reads the whole body before answering, so that a failure midway can still fall back to stale."""
-        # The client needs the body whatever its size: no size limit, and memory first.
-        spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, 1 << 62)
+        limit = max(BUFFER_LIMIT, self.settings.max_object_size)
+        spool = Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
             async for chunk in raw_chunks(upstream):
                 await spool.write(chunk)
+                if spool.unusable:  # too large, or the disk failed: no use reading on
+                    break
         except UpstreamFailure as failure:
             await spool.abort()
-            return await self._failed(failure, request, url, host, entry)
+            return await self._failed(failure, request, url, origin, entry)
+        finally:
+            await upstream.aclose()
         body = await spool.finish()
-        if body is None:  # the disk failed under a body too large to hold in memory; the upstream is fine
-            detail = "new body could not be spooled (disk full?)"
-            logger.warning("%s: %s", url, detail)
+        if body is None:  # the upstream is fine, but its answer could not be held to be served
+            detail = f"new body could not be held ({spool.unusable})"
+            logger.warning("%s: %s", policy.redact(url), detail)
             if entry is not None and self.settings.stale_on_error:
                 fallback = Decision(Action.SERVE, Outcome.STALE, f"stale: {detail}")
                 reply = await self._serve(entry, fallback, request, time.time())
@@ -342,7 +396,8 @@ class CacheService:
         if why_not is None and body.size > self.settings.max_object_size:
             why_not = detail = f"not stored: larger than cache_max_object_size ({body.size} bytes)"
         new = self._new_entry(request, upstream, fields, body)
-        served = [*fields, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
+        live = responses.live_headers(_fields(upstream))  # with Set-Cookie: this answer is the client's
+        served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
         if body.data is not None:
             if why_not is None:
                 await self.ingest.commit(key, new, body.data)
@@ -350,7 +405,7 @@ class CacheService:
                 return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
             response = responses.make(
-                new.status, new.reason, [*fields, *responses.cache_fields(outcome, detail)], data
+                new.status, new.reason, [*live, *responses.cache_fields(outcome, detail)], data
             )
             if request.method == "HEAD":  # the length of the body a GET would get, as the upstream said
                 length = upstream.headers.get("content-length")
@@ -371,7 +426,7 @@ class CacheService:
         self,
         upstream: httpx.Response,
         request: RequestView,
-        host: str,
+        origin: str,
         key: str,
         fields: tuple[tuple[str, str], ...],
         why_not: str | None,
@@ -379,7 +434,8 @@ class CacheService:
     ) -> Reply:
         """Streams a large body to the client while it is written to the cache: stored only if whole."""
         spool = self._spool(0 if why_not else None)
-        served = [*fields, *responses.cache_fields(Outcome.MISS, detail)]
+        live = responses.live_headers(_fields(upstream))  # with Set-Cookie: this answer is the client's
+        served = [*live, *responses.cache_fields(Outcome.MISS, detail)]
         length = expected_length(upstream)
         if length is not None:
             served.append(("Content-Length", str(length)))
@@ -396,8 +452,8 @@ class CacheService:
                             yield pending
                         pending = chunk
                 except UpstreamFailure:
-                    # Too late for a stale answer, but the next requests should not each wait on this host.
-                    self.health.failed(host, time.time(), self.settings.upstream_backoff)
+                    # Too late for a stale answer, but the next requests should not each wait on this origin.
+                    self.health.failed(origin, time.time(), self.settings.upstream_backoff)
                     raise
                 body = await spool.finish()
                 done = True

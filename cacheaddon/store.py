@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from cacheaddon.entry import Entry
+from cacheaddon.policy import redact
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class Store:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = directory
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            # Private to the proxy's user: records hold URLs (with any token in their query) and private
+            # answers. An existing directory keeps the mode its owner gave it.
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
             self._cache = diskcache.Cache(
                 str(directory),
                 size_limit=size_limit,
@@ -138,7 +142,7 @@ class Store:
         try:
             record = json.loads(raw)
         except ValueError:
-            logger.warning("corrupt cache record for key %s: dropped", key)
+            logger.warning("corrupt cache record for key %s: dropped", redact(key.split(chr(10), 1)[0]))
             self.delete(key)
             return None
         return Entry.from_record(record)
@@ -280,13 +284,26 @@ class Store:
         # the way and cuts the download short if they no longer match.
         return Body(None, value, entry.size)
 
-    def _verify_file(self, handle: BinaryIO, entry: Entry) -> bool:
+    def verify_whole(self, entry: Entry, handle: BinaryIO) -> bool:
+        """Hashes the whole file now, whatever earlier checks said (a byte range is cut from a file, so the
+        relay cannot check it on the way); False (and the body dropped) when it does not match."""
+        try:
+            handle.seek(0)
+            ok = self._verify_file(handle, entry, trust_stamp=False)
+            handle.seek(0)
+        except OSError as exc:
+            raise _wrap(exc, "reading a body") from exc
+        if not ok:
+            self._corrupt(entry)
+        return ok
+
+    def _verify_file(self, handle: BinaryIO, entry: Entry, trust_stamp: bool = True) -> bool:
         # Hashing a large file on every hit would cost more than serving it; re-hash only when the file
         # changed (inode, size or mtime) since this process last checked it.
         st = os.fstat(handle.fileno())
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            if self._verified.get(entry.sha256) == stamp:
+            if trust_stamp and self._verified.get(entry.sha256) == stamp:
                 return True
         if st.st_size != entry.size:
             return False
@@ -300,7 +317,9 @@ class Store:
         return True
 
     def _corrupt(self, entry: Entry) -> None:
-        logger.warning("cached body of %s does not match its sha256: dropped, will fetch again", entry.url)
+        logger.warning(
+            "cached body of %s does not match its sha256: dropped, will fetch again", redact(entry.url)
+        )
         self.drop_body(entry)
 
     def drop_body(self, entry: Entry) -> None:

@@ -99,10 +99,15 @@ class Upstream:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def open(self, method: str, url: str, headers: Mapping[str, str]) -> httpx.Response:
+    async def open(
+        self, method: str, url: str, headers: Mapping[str, str], content: bytes | None = None
+    ) -> httpx.Response:
         """Sends the request and waits for the response head. Raises UpstreamFailure."""
-        forwarded = {k: v for k, v in headers.items() if k not in HOP_BY_HOP and k != "host"}
-        request = self._client.build_request(method, url, headers=forwarded)
+        # RFC 9110 7.6.1: the fields a client names in Connection are for this hop only, like the fixed ones.
+        named = {n.strip().lower() for n in headers.get("connection", "").split(",")}
+        dropped = {*HOP_BY_HOP, *named, "host", "content-length"}  # httpx frames the body itself
+        forwarded = {k: v for k, v in headers.items() if k not in dropped}
+        request = self._client.build_request(method, url, headers=forwarded, content=content or None)
         for name in _HTTPX_DEFAULTS:  # send what the client sent, not httpx's own defaults
             if name not in forwarded:
                 del request.headers[name]

@@ -306,13 +306,22 @@ def test_strict_hosts_refuses_hosts_that_are_not_cached(harness: Harness) -> Non
 
 
 def test_a_host_that_is_not_cached_passes_through_untouched(harness: Harness) -> None:
-    harness.configure(cache_offline=True)  # even offline: other hosts are not ours
+    harness.configure()
     f = flow_for("https://example.com/path?q=1", headers={"Accept": "*/*"})
     before = f.request.get_state()
     harness.live(lambda: harness.addon.request(f))
     assert f.response is None
     assert f.request.get_state() == before
     assert f.metadata == {}
+
+
+def test_offline_a_host_that_is_not_cached_is_not_contacted_either(harness: Harness) -> None:
+    # An offline build must be reproducible from the cache alone: nothing may reach out, cached host or not.
+    harness.configure(cache_offline=True)
+    f = flow_for("https://example.com/path?q=1", headers={"Accept": "*/*"})
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 504
+    assert b"offline: not a cached host" in f.response.content
 
 
 # offline
@@ -468,15 +477,21 @@ def test_a_large_hit_is_streamed_through_the_relay(harness: Harness) -> None:
     assert f.request.url == url  # logs and later addons see the real URL again
 
 
-def test_a_request_passed_through_is_labelled_a_miss(harness: Harness) -> None:
-    harness.configure()
-    f = flow_for(PYPI_INDEX, method="POST")
+def test_a_request_the_cache_does_not_answer_is_sent_with_our_timeouts(harness: Harness) -> None:
+    # mitmproxy has no timeouts: a POST (npm audit) to a hanging registry would wait ten minutes there.
+    port = closed_port()
+    harness.configure(cache_hosts=[f"127.0.0.1:{port}"])
+    f = flow_for(f"http://127.0.0.1:{port}/-/npm/v1/security/advisories/bulk", method="POST")
     harness.live(lambda: harness.addon.request(f))
-    assert f.response is None
-    f.response = tutils.tresp()
-    harness.addon.responseheaders(f)
+    assert f.response is not None and f.response.status_code == 502
     assert f.response.headers["X-Cache"] == "MISS"
-    assert f.response.headers["X-Cache-Detail"] == "not cacheable: method POST"
+    assert f.response.headers["X-Cache-Detail"] == "upstream connection refused"
+    assert harness.addon.health.backing_off(f"http://127.0.0.1:{port}", time.time())
+    # During the back-off the next one is not even tried.
+    again = flow_for(f"http://127.0.0.1:{port}/-/npm/v1/security/advisories/bulk", method="POST")
+    harness.live(lambda: harness.addon.request(again))
+    assert again.response is not None and again.response.status_code == 503
+    assert "upstream failing recently" in again.response.headers["X-Cache-Detail"]
 
 
 # the upstream is down (a closed loopback port: refused at once)
@@ -492,7 +507,8 @@ def test_a_stale_entry_is_served_when_the_upstream_refuses(harness: Harness) -> 
     assert f.response is not None and f.response.raw_content == b"old index"
     assert f.response.headers["X-Cache"] == "STALE"
     assert f.response.headers["X-Cache-Detail"] == "stale: upstream connection refused"
-    assert harness.addon.health.backing_off("127.0.0.1", time.time())
+    assert harness.addon.health.backing_off(f"http://127.0.0.1:{port}", time.time())
+    assert not harness.addon.health.backing_off(f"http://127.0.0.1:{port + 1}", time.time())
 
 
 def test_a_miss_when_the_upstream_refuses_is_a_502_naming_the_url(harness: Harness) -> None:

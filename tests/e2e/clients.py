@@ -482,6 +482,7 @@ def npm_install(
     *,
     fetch_retries: int = 0,
     extra_args: Iterable[str] = (),
+    audit: bool = False,
 ) -> ClientResult:
     """`npm install` in a fresh project with an empty cache and empty user/global npmrc; the CA file is
     env's SSL_CERT_FILE and the proxy env's HTTPS_PROXY, both passed as flags. result.dir is the project."""
@@ -509,7 +510,7 @@ def npm_install(
         str(globalconfig),
         "--cafile",
         env["SSL_CERT_FILE"],
-        "--no-audit",
+        "--audit" if audit else "--no-audit",  # npm's default is on: a POST after the install
         "--no-fund",
         "--no-update-notifier",
         f"--fetch-retries={fetch_retries}",

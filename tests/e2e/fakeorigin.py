@@ -34,6 +34,7 @@ class OriginRequest(NamedTuple):
     method: str
     path: str
     headers: dict[str, str]  # names lower-cased
+    body: bytes = b""
 
 
 @dataclass
@@ -74,9 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         origin = self.server.origin
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        request = OriginRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        request = OriginRequest(self.command, self.path, headers, body)
         origin._record(request)
         reply = origin.route_for(request)(request)
         self.send_response(reply.status)
@@ -106,6 +107,8 @@ class _OriginServer(ThreadingHTTPServer):
 
     def __init__(self, origin: FakeOrigin, address: tuple[str, int]) -> None:
         self.origin = origin
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -168,7 +171,8 @@ class FakeOrigin:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.ip}:{self.port}"
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.scheme}://{host}:{self.port}"
 
     def route_for(self, request: OriginRequest) -> OriginRoute:
         return self.routes.get(urlsplit(request.path).path, self.default)

@@ -354,3 +354,24 @@ def test_an_abandoned_download_releases_its_upstream_connection(proxy_factory: P
         assert trickle.sent < BIG
     finally:
         server.stop()
+
+
+# --- 8. a large request head and the relay ------------------------------------------------------------------
+
+
+def test_a_large_request_head_does_not_stop_a_relayed_answer(proxy_factory: ProxyFactory) -> None:
+    """Large answers go through the relay; the client's own head (70 KB of fields here) must not go with
+    them: the relay would refuse it, and the upstream connection the job holds would be kept waiting."""
+    body = pattern_bytes(2 * 1024 * 1024 + 1, seed=9)
+    origin = FakeOrigin(CACHED_IP)
+    origin.routes["/files/big.bin"] = lambda request: OriginReply(body=body)
+    origin.start()
+    try:
+        proxy = proxy_factory(cache_hosts=[CACHED_IP])
+        padding = {f"X-Pad-{i}": "p" * 1000 for i in range(70)}
+        for outcome in ("MISS", "HIT"):
+            status, headers, got = fetch(proxy, f"{origin.url}/files/big.bin", padding)
+            assert (status, headers.get("x-cache"), got == body) == (200, outcome, True), proxy.log_tail()
+        assert origin.requests[0].headers.get("x-pad-69") == "p" * 1000  # the upstream got them all
+    finally:
+        origin.stop()

@@ -146,6 +146,30 @@ def test_body_rotting_on_disk_is_never_served_whole_and_wrong(
     assert status == 200 and sha256(body) == sha256(data)
 
 
+@pytest.mark.parametrize("size", list(SIZES))
+def test_a_range_of_a_rotten_body_is_never_served(
+    registry: FakeRegistry, proxy_factory: ProxyFactory, size: str
+) -> None:
+    """A range is cut from the file, not sent whole through a check: the file is hashed whole first."""
+    blob = registry.add_blob(f"/blobs/rot-range-{size}.bin", SIZES[size])
+    url = registry.blob_url(blob.path)
+    data = b"".join(blob.chunks())
+    proxy = proxy_factory()
+    warm(proxy, url, data)
+    bad = corrupt(stored_file(proxy.cache_dir, data), "flip", keep_mtime=True)
+    middle = len(data) // 2
+    ranged = {"Range": f"bytes={middle}-{middle + 31}"}
+
+    status, headers, body = fetch(proxy, url, ranged)
+    assert body != bad[middle : middle + 32], "bytes of the corrupt body were served"
+    assert body in (data[middle : middle + 32], data), (status, headers)
+    assert headers.get("x-cache") != "HIT"
+    status, headers, body = fetch(proxy, url)  # the corrupt copy was dropped: fetched again
+    assert (status, headers.get("x-cache"), sha256(body)) == (200, "MISS", sha256(data))
+    status, headers, body = fetch(proxy, url, ranged)
+    assert (status, headers.get("x-cache"), body) == (206, "HIT", data[middle : middle + 32])
+
+
 # --- digests published by indexes --------------------------------------------------------------------------
 
 INDEX_IP = "127.0.0.4"

@@ -1,4 +1,5 @@
-"""cache_offline: the cache is served without asking the registry; a miss is a 504 naming the URL."""
+"""cache_offline: the cache is served without asking the registry; a miss is a 504 naming the URL, and no
+other host is contacted either."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from .clients import ProxyFactory, client_env, fetch, installed_version, pip_install, report
+from .fakeorigin import FakeOrigin
 from .fakeregistry import FakeRegistry
 
 pytestmark = pytest.mark.e2e
@@ -42,3 +44,16 @@ def test_offline_serves_the_cache_and_never_asks_the_registry(
     missing = pip_install(tmp_path, ["delta"], registry.pypi_url, env)
     assert missing.returncode != 0, report(missing, proxy)
     assert registry.requests == [], "an offline proxy contacted the registry"
+
+
+def test_offline_contacts_no_host_at_all(proxy_factory: ProxyFactory) -> None:
+    """A build reproduced offline must not depend on anything outside the cache: hosts outside cache_hosts
+    are not contacted either."""
+    other = FakeOrigin("127.0.0.5").start()
+    try:
+        proxy = proxy_factory(cache_offline=True)
+        status, headers, body = fetch(proxy, f"{other.url}/anything")
+        assert status == 504 and b"offline" in body, (status, headers, body)
+        assert other.accepted == 0 and other.requests == []
+    finally:
+        other.stop()

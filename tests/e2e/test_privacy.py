@@ -72,12 +72,14 @@ def test_upstreams_never_see_forwarding_headers(
     proxy = proxy_factory(cache_hosts=[registry.index.ip, CACHED_IP])
     result = pip_install(tmp_path, ["foxtrot"], registry.pypi_url, client_env(proxy))
     assert result.returncode == 0, report(result, proxy)
+    # Fields for the proxy or this hop alone, which no upstream may see either.
+    hop = {"Proxy-Authorization": "Basic cHJveHk6c2VjcmV0", "Connection": "keep-alive, X-Hop", "X-Hop": "h"}
     with client(proxy) as http:
         assert http.post(f"{registry.index.url}/-/npm/v1/security/audits", content=b"{}").status_code == 404
         assert http.post(registry.file_url("upload"), content=b"data").status_code == 404
         for origin in (cached, other):
-            assert http.get(f"{origin.url}/simple/alpha/").status_code == 200
-            assert http.post(f"{origin.url}/upload", content=b"data").status_code == 200
+            assert http.get(f"{origin.url}/simple/alpha/", headers=hop).status_code == 200
+            assert http.post(f"{origin.url}/upload", content=b"data", headers=hop).status_code == 200
 
     # Every kind of request was seen upstream: cached GET, passed-through GET, POST, plain HTTP.
     seen = {(host, r.method, r.path) for host, r in registry.requests}
@@ -92,6 +94,11 @@ def test_upstreams_never_see_forwarding_headers(
     received += [(o.ip, r.method, r.path, r.headers) for o in plain_origins for r in o.requests]
     leaks = [(host, method, path, revealing(h)) for host, method, path, h in received if revealing(h)]
     assert leaks == []
+    hop_fields = [
+        (host, path, n) for host, _, path, h in received for n in h if n in ("proxy-authorization", "x-hop")
+    ]
+    assert hop_fields == []
+    assert [r.body for o in plain_origins for r in o.requests if r.method == "POST"] == [b"data", b"data"]
 
 
 # --- credential isolation -----------------------------------------------------------------------------------
@@ -100,8 +107,8 @@ def test_upstreams_never_see_forwarding_headers(
 class PrivateOrigin:
     """An HTTPS origin whose /profile names the user a credential belongs to (Cache-Control: private)."""
 
-    def __init__(self, certs: CertPaths, header: str, template: str) -> None:
-        self.header, self.template = header, template
+    def __init__(self, certs: CertPaths, header: str, template: str, vary: bool = True) -> None:
+        self.header, self.template, self.vary = header, template, vary
         self.tokens = {name: f"tok-{name}-{secrets.token_hex(16)}" for name in ("alice", "bob")}
         self.origin = FakeOrigin(CACHED_IP, certs=certs)
         self.origin.routes["/profile"] = self.profile
@@ -118,7 +125,7 @@ class PrivateOrigin:
             headers={
                 "Content-Type": "text/plain",
                 "Cache-Control": "private, max-age=600",
-                "Vary": f"Accept-Encoding, {self.header}",
+                "Vary": f"Accept-Encoding, {self.header}" if self.vary else "Accept-Encoding",
             },
         )
 
@@ -166,6 +173,29 @@ def test_private_answers_reach_only_the_same_credentials(
         data = path.read_bytes()
         for user, token in private_origin.tokens.items():
             assert token.encode() not in data, f"{user}'s credential is stored in clear in {path}"
+
+
+def test_a_private_answer_to_credentials_the_key_does_not_hold_is_not_stored(
+    certs: CertPaths, proxy_factory: ProxyFactory
+) -> None:
+    """A registry token in a field of its own (not Authorization or Cookie), and no Vary naming it: the key
+    cannot tell Alice from Bob, so an answer the upstream marks private must not be stored at all."""
+    private = PrivateOrigin(certs, "x-auth-token", "{}", vary=False)
+    private.origin.start()
+    try:
+        proxy = proxy_factory(cache_hosts=[CACHED_IP])
+        url = f"{private.origin.url}/profile"
+        for user in ("alice", "bob", "alice"):
+            status, headers, body = fetch(proxy, url, private.credential(user))
+            assert (status, body) == (200, f"private profile of {user}\n".encode())
+            assert headers.get("x-cache") == "MISS"
+            assert (
+                headers.get("x-cache-detail") == "not stored: private answer to a request with x-auth-token"
+            )
+        status, headers, body = fetch(proxy, url)
+        assert body == b"private profile of anonymous\n"
+    finally:
+        private.origin.stop()
 
 
 def test_outage_never_serves_another_credentials_stale_answer(

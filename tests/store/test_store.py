@@ -289,6 +289,32 @@ def test_a_body_corrupted_in_place_after_a_hit_never_reaches_a_client_whole(
     assert store.read_body(entry) is None  # and the next request fetches it again
 
 
+def test_a_range_check_hashes_the_whole_file_whatever_earlier_checks_said(
+    store: Store, cache_dir: Path
+) -> None:
+    """A byte range is cut from the file, so the relay cannot check it on the way: verify_whole re-hashes
+    even a file this process checked before and that kept its inode, size and mtime."""
+    entry = entry_for(LARGE)
+    store.commit("k", entry, LARGE)
+    body = store.read_body(entry)
+    assert body is not None and body.file is not None
+    assert store.verify_whole(entry, body.file)
+    assert body.file.tell() == 0
+    [val] = value_files(cache_dir)
+    st = val.stat()
+    flip_a_byte(val)
+    os.utime(val, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not store.verify_whole(entry, body.file)
+    body.file.close()
+    assert store.read_body(entry) is None  # dropped: the next request fetches it again
+
+
+def test_a_new_cache_directory_is_private_to_its_user(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "cache"
+    Store(directory, 1 << 30).close()
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+
 def test_a_body_file_lost_from_disk_can_be_stored_again(store: Store, cache_dir: Path) -> None:
     entry = entry_for(LARGE)
     store.commit("k", entry, LARGE)

@@ -353,6 +353,35 @@ def test_storability_by_headers_and_size(
     assert policy.storability(200, headers, length, limits) == expected
 
 
+@pytest.mark.parametrize(
+    ("request_headers", "cache_control", "expected"),
+    [
+        ({"x-auth-token": "alice"}, "private", "not stored: private answer to a request with x-auth-token"),
+        (
+            {"x-auth-token": "alice"},
+            "max-age=60, Private",
+            "not stored: private answer to a request with x-auth-token",
+        ),
+        (
+            {"x-registry-secret": "s"},
+            "private",
+            "not stored: private answer to a request with x-registry-secret",
+        ),
+        ({"x-auth-token": "alice"}, "public, max-age=60", None),  # the upstream says anyone may have it
+        ({"x-auth-token": "alice"}, "", None),
+        ({"authorization": "Bearer a"}, "private", None),  # keyed: it stays with its credentials anyway
+        ({"npm-auth-type": "web", "npm-session": "1f2e"}, "private", None),  # npm's own, no credentials
+        ({"accept": "application/json"}, "private", None),  # anonymous: issue 2, private is ignored
+    ],
+)
+def test_private_answers_to_unkeyed_credentials_are_not_stored(
+    request_headers: dict[str, str], cache_control: str, expected: str | None
+) -> None:
+    request = RequestView("GET", URL, request_headers)
+    response_headers = {"cache-control": cache_control} if cache_control else {}
+    assert policy.private_storability(request, response_headers) == expected
+
+
 # freshness
 
 
@@ -654,3 +683,24 @@ LM = "Wed, 01 May 2024 10:00:00 GMT"
 )
 def test_if_range_allows(entry_headers: tuple[tuple[str, str], ...], if_range: str, allowed: bool) -> None:
     assert policy.if_range_allows(make_entry(headers=entry_headers), if_range) is allowed
+
+
+@pytest.mark.parametrize(
+    ("url", "immutable"),
+    [
+        ("https://static.crates.io/crates/serde/1.0.200/download", True),
+        ("https://static.crates.io/crates/serde/serde-1.0.200.crate", True),
+        ("https://index.crates.io/se/rd/serde", False),  # the sparse index changes with every release
+        ("https://proxy.golang.org/golang.org/x/mod/@v/v0.17.0.mod", True),
+        ("https://proxy.golang.org/golang.org/x/mod/@v/v0.17.0.info", True),
+        ("https://proxy.golang.org/golang.org/x/mod/@v/v0.17.0.zip", True),
+        ("https://proxy.golang.org/golang.org/x/mod/@v/list", False),
+        ("https://proxy.golang.org/golang.org/x/mod/@latest", False),
+        ("https://repo1.maven.org/maven2/junit/junit/4.13.2/junit-4.13.2.pom", True),
+        ("https://repo1.maven.org/maven2/junit/junit/maven-metadata.xml", False),
+        ("https://registry.npmjs.org/left-pad", False),
+        ("https://pypi.org/simple/requests/", False),
+    ],
+)
+def test_default_immutable_patterns(url: str, immutable: bool) -> None:
+    assert policy.is_immutable(url, make_settings()) is immutable
