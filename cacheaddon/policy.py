@@ -122,12 +122,60 @@ def credential_fingerprint(headers: Mapping[str, str], salt: bytes) -> str:
     return digest.hexdigest()[:32]
 
 
-def cache_key(request: RequestView, salt: bytes) -> str:
+def cache_key(request: RequestView, salt: bytes, any_coding: bool = False) -> str:
+    """any_coding: the key of an answer without a content coding, which suits whatever Accept-Encoding."""
     # Fields are joined with newlines, which neither a request target nor a header value can hold, so two
-    # different requests can never spell the same key.
-    keyed = "\n".join(f"{name}={_norm_value(request.header(name))}" for name in KEYED_HEADERS)
+    # different requests can never spell the same key; an any-coding key has no accept-encoding= line.
+    keyed = "\n".join(
+        "any-coding"
+        if any_coding and name == "accept-encoding"
+        else f"{name}={_norm_value(request.header(name))}"
+        for name in KEYED_HEADERS
+    )
     owner = credential_fingerprint(request.headers, salt)
     return f"{request.url}\n{keyed}" + (f"\ncred={owner}" if owner else "")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Where the answer to a request is looked up and stored. A body without a content coding suits every
+    client, so it is shared by clients that ask with different Accept-Encoding values (pip, uv, npm and curl
+    each send their own, and an offline rebuild may use another client than the build that filled the
+    cache); an encoded one only suits clients that asked with that Accept-Encoding."""
+
+    shared: str
+    coded: str
+    identity_ok: bool  # the client did not refuse an unencoded answer (identity;q=0)
+
+    def lookup_order(self) -> tuple[str, ...]:
+        return (self.shared, self.coded) if self.identity_ok else (self.coded,)
+
+    def for_response(self, content_encoding: str | None) -> str:
+        coded = _norm_value(content_encoding or "") not in ("", "identity")
+        return self.coded if coded or not self.identity_ok else self.shared
+
+
+def cache_keys(request: RequestView, salt: bytes) -> Keys:
+    identity_ok = not _refuses_identity(request.header("accept-encoding"))
+    return Keys(cache_key(request, salt, any_coding=True), cache_key(request, salt), identity_ok)
+
+
+def _refuses_identity(accept_encoding: str) -> bool:
+    """RFC 9110 12.5.3: identity;q=0, or *;q=0 with identity not listed, refuses an unencoded answer."""
+    weights = {}
+    for part in accept_encoding.split(","):
+        coding, _, params = part.partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    pass
+        if coding.strip():
+            weights[coding.strip().lower()] = weight
+    return weights.get("identity", weights.get("*", 1.0)) == 0
 
 
 def vary_names(vary_header: str) -> tuple[str, ...] | None:
@@ -139,17 +187,21 @@ def vary_names(vary_header: str) -> tuple[str, ...] | None:
     return tuple(n for n in names if n not in KEYED_HEADERS and n not in CREDENTIAL_HEADERS)
 
 
-def vary_digest(value: str) -> str:
-    # A digest, not the value: a header named in Vary may carry a secret the record must not hold in clear.
-    return hashlib.sha256(" ".join(value.split()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+def vary_digest(value: str, salt: bytes = b"") -> str:
+    # A salted digest, not the value: a header named in Vary may carry a secret the record must not hold in
+    # clear, nor in a form a short secret could be guessed back from.
+    normal = " ".join(value.split()).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(salt + normal).hexdigest()[:32]
 
 
-def vary_values(names: tuple[str, ...], request: RequestView) -> tuple[tuple[str, str], ...]:
-    return tuple((name, vary_digest(request.header(name))) for name in names)
+def vary_values(
+    names: tuple[str, ...], request: RequestView, salt: bytes = b""
+) -> tuple[tuple[str, str], ...]:
+    return tuple((name, vary_digest(request.header(name), salt)) for name in names)
 
 
-def vary_matches(entry: Entry, request: RequestView) -> bool:
-    return all(vary_digest(request.header(name)) == value for name, value in entry.vary)
+def vary_matches(entry: Entry, request: RequestView, salt: bytes = b"") -> bool:
+    return all(vary_digest(request.header(name), salt) == value for name, value in entry.vary)
 
 
 def request_cacheability(request: RequestView) -> str | None:
@@ -221,9 +273,11 @@ def decide(
     now: float,
     settings: Settings,
     host_backing_off: bool,
+    salt: bytes = b"",
 ) -> Decision:
-    """What to do with a cacheable request, given what the store holds for its key."""
-    if entry is not None and not vary_matches(entry, request):
+    """What to do with a cacheable request, given what the store holds for its key (salt: the store's, which
+    the entry's Vary digests were made with)."""
+    if entry is not None and not vary_matches(entry, request, salt):
         entry = None
     if entry is None:
         if settings.offline:

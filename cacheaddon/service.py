@@ -20,7 +20,7 @@ from cacheaddon import policy, responses, rewrite, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
-from cacheaddon.policy import Action, Decision, Outcome, RequestView
+from cacheaddon.policy import Action, Decision, Keys, Outcome, RequestView
 from cacheaddon.relay import Job
 from cacheaddon.settings import Settings
 from cacheaddon.spool import Spool, Spooled
@@ -105,16 +105,17 @@ class CacheService:
         """The reply to a GET or HEAD. A Range request for something not cached is forwarded and not stored.
         whole_documents (on endpoints, which rewrite index documents): Range is ignored for them, and a miss
         is fetched whole."""
-        key = policy.cache_key(request, self.store.salt)
+        key = policy.cache_keys(request, self.store.salt)
         try:
-            entry, pre = await self._db(self.store.lookup, key, INLINE_LIMIT)
+            entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             entry, pre = None, None
-        if entry is not None and not policy.vary_matches(entry, request):
+        if entry is not None and not policy.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
-        decision = policy.decide(request, entry, now, self.settings, self.health.backing_off(origin, now))
+        backing_off = self.health.backing_off(origin, now)
+        decision = policy.decide(request, entry, now, self.settings, backing_off, self.store.salt)
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -166,14 +167,14 @@ class CacheService:
         job.on_close = upstream.aclose
         return Reply(Outcome.MISS, detail, job=job)
 
-    async def answer_without(self, request: RequestView, url: str, origin: str, key: str) -> Reply:
+    async def answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         if self.settings.offline:
             detail = "offline: not in cache"
             return Reply(Outcome.MISS, detail, responses.error(504, url, detail))
         miss = Decision(Action.FETCH, Outcome.MISS, "miss")
         return await self._fetch(request, url, origin, key, None, miss)
 
-    async def _probe(self, request: RequestView, url: str, origin: str, key: str, entry: Entry) -> None:
+    async def _probe(self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry) -> None:
         try:
             reply = await self._fetch(
                 request, url, origin, key, entry, Decision(Action.FETCH, Outcome.MISS, "probe")
@@ -265,7 +266,7 @@ class CacheService:
         return Reply(Outcome.MISS, detail, responses.error(504 if failure.timeout else 502, url, detail))
 
     async def _fetch(
-        self, request: RequestView, url: str, origin: str, key: str, entry: Entry | None, decision: Decision
+        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None, decision: Decision
     ) -> Reply:
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
@@ -282,7 +283,7 @@ class CacheService:
         if status == 304 and entry is not None:
             await upstream.aclose()
             fresh = entry.refreshed(now, responses.revalidated_headers(_fields(upstream)))
-            await self._save_record(key, fresh)
+            await self._save_record(key.for_response(fresh.header("content-encoding")), fresh)
             return await self._serve(
                 fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now
             ) or (await self.answer_without(request, url, origin, key))
@@ -344,7 +345,7 @@ class CacheService:
             stored_at=time.time(),
             size=body.size,
             sha256=body.sha256,
-            vary=policy.vary_values(names, request),
+            vary=policy.vary_values(names, request, self.store.salt),
         )
 
     async def _save_record(self, key: str, entry: Entry) -> None:
@@ -363,7 +364,7 @@ class CacheService:
         request: RequestView,
         url: str,
         origin: str,
-        key: str,
+        key: Keys,
         entry: Entry | None,
         fields: tuple[tuple[str, str], ...],
         why_not: str | None,
@@ -400,7 +401,7 @@ class CacheService:
         served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
         if body.data is not None:
             if why_not is None:
-                await self.ingest.commit(key, new, body.data)
+                await self.ingest.commit(key.for_response(new.header("content-encoding")), new, body.data)
             if why_not is None and policy.client_has_current(new, request):
                 return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
@@ -417,7 +418,7 @@ class CacheService:
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
         if why_not is None:
-            await self.ingest.commit(key, new, body.path)
+            await self.ingest.commit(key.for_response(new.header("content-encoding")), new, body.path)
         else:
             await self._disk(self.store.discard, body.path)
         return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
@@ -427,7 +428,7 @@ class CacheService:
         upstream: httpx.Response,
         request: RequestView,
         origin: str,
-        key: str,
+        key: Keys,
         fields: tuple[tuple[str, str], ...],
         why_not: str | None,
         detail: str,
@@ -458,9 +459,10 @@ class CacheService:
                 body = await spool.finish()
                 done = True
                 if body is not None and why_not is None:
+                    new = self._new_entry(request, upstream, fields, body)
                     await self.ingest.commit(
-                        key,
-                        self._new_entry(request, upstream, fields, body),
+                        key.for_response(new.header("content-encoding")),
+                        new,
                         body.data if body.data is not None else str(body.path),
                     )
                 if pending:

@@ -251,9 +251,14 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     networks = []
     for cidr in split_list(opts["cache_allow_clients"]):
         try:
-            networks.append(ipaddress.ip_network(cidr, strict=False))
+            network = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ValueError(f"cache_allow_clients: {cidr!r} is not an IP address or CIDR") from None
+        mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+        if mapped is not None and network.prefixlen >= 96:
+            # Clients are compared as IPv4 once unmapped, so ::ffff:10.0.0.0/104 must read as 10.0.0.0/8.
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+        networks.append(network)
     max_size = parse_size("cache_max_object_size", opts["cache_max_object_size"])
     size_limit = parse_size("cache_size_limit", opts["cache_size_limit"])
     if size_limit < 1024 * 1024:

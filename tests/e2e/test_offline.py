@@ -41,6 +41,12 @@ def test_offline_serves_the_cache_and_never_asks_the_registry(
     assert uncached in body.decode(), body
     assert headers.get("x-cache") == "MISS"
 
+    # Another client, asking with another Accept-Encoding, gets the unencoded files pip cached.
+    wheel = registry.wheel("foxtrot")
+    for coding in ("br, zstd", "identity", ""):
+        status, headers, body = fetch(proxy, registry.file_url(wheel.filename), {"Accept-Encoding": coding})
+        assert (status, headers.get("x-cache"), body) == (200, "HIT", wheel.data), coding
+
     missing = pip_install(tmp_path, ["delta"], registry.pypi_url, env)
     assert missing.returncode != 0, report(missing, proxy)
     assert registry.requests == [], "an offline proxy contacted the registry"

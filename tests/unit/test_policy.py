@@ -228,6 +228,73 @@ def test_without_credentials_the_salt_does_not_matter(accept: str, salt1: bytes,
     assert policy.cache_key(view(accept=accept), salt1) == policy.cache_key(view(accept=accept), salt2)
 
 
+# shared keys: an unencoded answer suits every client
+
+
+@given(header_values, header_values, header_values)
+def test_clients_with_other_accept_encodings_share_the_key_of_an_unencoded_answer(
+    accept: str, coding1: str, coding2: str
+) -> None:
+    k1 = policy.cache_keys(view(accept=accept, accept_encoding=coding1), SALT)
+    k2 = policy.cache_keys(view(accept=accept, accept_encoding=coding2), SALT)
+    assume(k1.identity_ok and k2.identity_ok)
+    assert k1.for_response(None) == k2.for_response("identity") == k1.shared == k2.shared
+    assert k1.shared != k1.coded
+    if policy.cache_key(view(accept_encoding=coding1), SALT) != policy.cache_key(
+        view(accept_encoding=coding2), SALT
+    ):
+        assert k1.for_response("gzip") != k2.for_response("gzip")
+
+
+@given(header_values, header_values, header_values)
+def test_the_shared_key_still_tells_accept_variants_apart(coding: str, accept1: str, accept2: str) -> None:
+    assume(policy.cache_key(view(accept=accept1), SALT) != policy.cache_key(view(accept=accept2), SALT))
+    assert (
+        policy.cache_keys(view(accept=accept1, accept_encoding=coding), SALT).shared
+        != policy.cache_keys(view(accept=accept2, accept_encoding=coding), SALT).shared
+    )
+
+
+@given(credentials, field_text, field_text)
+def test_the_shared_key_still_tells_credentials_apart(name: str, secret1: str, secret2: str) -> None:
+    assume(secret1 != secret2)
+    k1 = policy.cache_keys(view(**{name: secret1}), SALT)
+    k2 = policy.cache_keys(view(**{name: secret2}), SALT)
+    assert k1.shared != k2.shared and k1.shared != policy.cache_keys(view(), SALT).shared
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "identity_ok"),
+    [
+        ("gzip, deflate", True),
+        ("", True),
+        ("gzip;q=1.0, identity; q=0.5, *;q=0", True),  # identity is listed, so * does not refuse it
+        ("gzip, identity;q=0", False),
+        ("gzip, Identity; Q=0.0", False),
+        ("gzip, *;q=0", False),
+    ],
+)
+def test_a_client_that_refuses_identity_only_gets_encoded_answers(
+    accept_encoding: str, identity_ok: bool
+) -> None:
+    keys = policy.cache_keys(view(accept_encoding=accept_encoding), SALT)
+    assert keys.identity_ok is identity_ok
+    assert keys.lookup_order() == ((keys.shared, keys.coded) if identity_ok else (keys.coded,))
+    assert keys.for_response(None) == (keys.shared if identity_ok else keys.coded)
+    assert keys.for_response("gzip") == keys.coded
+
+
+def test_salted_vary_digests() -> None:
+    assert policy.vary_digest("tok", b"salt1") != policy.vary_digest("tok", b"salt2")
+    assert policy.vary_digest("tok", b"salt1") != policy.vary_digest("tok")
+    entry = make_entry(vary=())
+    recorded = policy.vary_values(("x-token",), view(x_token="tok"), b"s")
+    salted = Entry(**{**entry.__dict__, "vary": recorded})
+    assert policy.vary_matches(salted, view(x_token="tok"), b"s")
+    assert not policy.vary_matches(salted, view(x_token="tok"), b"other")
+    assert not policy.vary_matches(salted, view(x_token="tok2"), b"s")
+
+
 def test_an_empty_credential_counts_as_none() -> None:
     assert policy.credential_fingerprint({"authorization": ""}, SALT) == ""
     assert policy.cache_key(view(authorization=""), SALT) == policy.cache_key(view(), SALT)

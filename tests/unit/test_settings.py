@@ -226,6 +226,11 @@ def test_is_cached_host(patterns: list[str], host: str, port: int, cached: bool)
         (["0.0.0.0/0"], "2001:db8::1", False),
         (["0.0.0.0/0", "::/0"], "2001:db8::1", True),
         ([], "127.0.0.1", False),
+        # an allow-list entry written as a mapped address means its IPv4 network
+        (["::ffff:10.0.0.0/104"], "10.9.9.9", True),
+        (["::ffff:10.0.0.0/104"], "::ffff:10.9.9.9", True),
+        (["::ffff:10.0.0.0/104"], "11.0.0.1", False),
+        (["::ffff:127.0.0.3"], "127.0.0.3", True),
     ],
 )
 def test_is_allowed_client(allowed: list[str] | None, address: str, ok: bool) -> None:
