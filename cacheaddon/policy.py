@@ -9,7 +9,6 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 from cacheaddon.entry import Entry
@@ -251,8 +250,7 @@ def private_storability(request: RequestView, response_headers: Mapping[str, str
 
 
 def is_immutable(url: str, settings: Settings) -> bool:
-    path = urlsplit(url).path
-    return any(fnmatchcase(path, pattern) for pattern in settings.immutable)
+    return settings.immutable_path.match(urlsplit(url).path) is not None
 
 
 def age(entry: Entry, now: float) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -60,20 +61,27 @@ class Relay:
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.Server | None = None
-        self._starting = asyncio.Lock()
+        self._socket: socket.socket | None = None
         self.port = 0
 
+    def bind(self) -> None:
+        """Opens the listening socket now, so that the port is known before the event loop serves it:
+        mitmproxy may hand over a client's first request before the `running` hook has run, and its
+        connection then waits in the backlog until start()."""
+        if self._socket is None:
+            self._socket = socket.create_server(("127.0.0.1", 0), backlog=128)
+            self.port = self._socket.getsockname()[1]
+
     async def start(self) -> None:
-        """Starts listening unless already started. Hooks call it too: mitmproxy may hand over a client's
-        first request before the `running` hook has finished."""
-        async with self._starting:
-            if self._server is None:
-                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
-                self.port = self._server.sockets[0].getsockname()[1]
+        self.bind()
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, sock=self._socket, limit=_HEAD_LIMIT)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        elif self._socket is not None:
+            self._socket.close()
         for token in list(self._jobs):
             await self._finish(self._jobs.pop(token))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -170,6 +172,11 @@ class Settings:
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
+
+    @functools.cached_property
+    def immutable_path(self) -> re.Pattern[str]:
+        """One regex for all of `immutable` (checked on every hit: one match, not one fnmatch per glob)."""
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in self.immutable) or "(?!)")
 
     def is_cached_host(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]")
