@@ -14,9 +14,13 @@ upstream request itself (httpx, with connect and read timeouts) instead of letti
     cache_upstream_backoff seconds its stale entries are served at once while one background request probes;
   * a miss is fetched and streamed to the client while it is written to the cache; it is stored only if it
     arrived whole.
+  * what the cache cannot answer on a cached host (other methods, a Range of something not cached) is sent
+    by the same client, with the same timeouts and back-off, and not stored.
 Bodies mitmproxy would otherwise hold in memory (large hits, streamed misses) are served by a loopback relay
-inside mitmproxy's own event loop (relay.py). Other requests (other methods, other hosts) are left to
-mitmproxy. Disk work runs in a small thread pool; connection_strategy is forced to lazy.
+inside mitmproxy's own event loop (relay.py). Requests to other hosts, and uploads large enough to be
+streamed, are left to mitmproxy. Access is checked at every door: requestheaders and CONNECT for HTTP,
+server_connect for any connection mitmproxy opens (raw TCP/UDP modes), dns_request for DNS mode. Disk work
+runs in a small thread pool; connection_strategy is forced to lazy, keep_host_header on (endpoints).
 """
 
 from __future__ import annotations
