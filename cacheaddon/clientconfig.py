@@ -111,6 +111,15 @@ def _nuget(url: str) -> str:
 </configuration>"""
 
 
+def _cargo(url: str) -> str:
+    # A sparse index (cargo 1.68+): its config.json names the download host, which the endpoint rewrites.
+    return (
+        "# ~/.cargo/config.toml (or .cargo/config.toml in the project; $CARGO_HOME/config.toml)\n"
+        '[source.crates-io]\nreplace-with = "cacheaddon"\n\n'
+        f'[source.cacheaddon]\nregistry = "sparse+{url}"'
+    )
+
+
 @dataclass(frozen=True)
 class Client:
     """A package client: which registry preset it uses, at which path, and how its configuration looks."""
@@ -136,6 +145,7 @@ CLIENTS: Mapping[str, Client] = MappingProxyType(
             Client("maven", "maven", "/maven2/", _maven),
             Client("gem", "rubygems", "/", _gem),
             Client("nuget", "nuget", "/v3/index.json", _nuget),
+            Client("cargo", "crates", "/", _cargo),
         )
     }
 )

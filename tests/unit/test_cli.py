@@ -309,7 +309,7 @@ def test_config_prints_the_snippet(capsys: pytest.CaptureFixture[str]) -> None:
     ("argv", "status", "message"),
     [
         (["config", "pip", "--endpoint", "ftp://x"], 2, "cacheaddon config: --endpoint: "),
-        (["config", "cargo"], 2, "cacheaddon config: argument CLIENT: invalid choice: 'cargo'"),
+        (["config", "poetry"], 2, "cacheaddon config: argument CLIENT: invalid choice: 'poetry'"),
         (["config", "pip", "--bogus"], 2, "cacheaddon: unrecognized arguments: --bogus"),
         ([], 2, "cacheaddon: the following arguments are required: COMMAND"),
     ],

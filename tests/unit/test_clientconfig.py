@@ -52,6 +52,7 @@ def test_every_client_has_a_comment_first_line_naming_its_file() -> None:
         "maven": "settings.xml",
         "gem": ".gemrc",
         "nuget": "NuGet.Config",
+        "cargo": "config.toml",
     }
     assert set(files) == set(CLIENTS)
     for client, name in files.items():
@@ -110,6 +111,18 @@ def test_maven() -> None:
 
 def test_gem() -> None:
     assert _yaml(snippet("gem")) == {":sources": ["http://127.0.0.1:8085/"]}
+
+
+def test_cargo() -> None:
+    conf = tomllib.loads(snippet("cargo"))
+    assert conf == {
+        "source": {
+            "crates-io": {"replace-with": "cacheaddon"},
+            "cacheaddon": {"registry": "sparse+http://127.0.0.1:8087/"},
+        }
+    }
+    other = tomllib.loads(snippet("cargo", "https://cache.internal/crates/"))
+    assert other["source"]["cacheaddon"]["registry"] == "sparse+https://cache.internal/crates/"
 
 
 def test_nuget() -> None:
