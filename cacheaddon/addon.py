@@ -171,13 +171,16 @@ class CacheAddon:
             self.own_host_header = True
             ctx.options.update(keep_host_header=True)
 
-    async def running(self) -> None:
-        await self.relay.start()
+    # running and done are plain functions: mitmproxy calls them synchronously on a script it (re)loads or
+    # unloads while running (an async one would fail there, and the relay would never serve).
 
-    async def done(self) -> None:
-        await self.relay.close()
+    def running(self) -> None:
+        tasks.spawn(self.relay.start())
+
+    def done(self) -> None:
+        self.relay.close()
         if self.upstream is not None:
-            await self.upstream.aclose()
+            _close_later(self.upstream)
         if self.store is not None:
             self.store.close()
         for pool in self.pools:

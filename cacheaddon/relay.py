@@ -62,6 +62,7 @@ class Relay:
         self._jobs: dict[str, Job] = {}
         self._server: asyncio.Server | None = None
         self._socket: socket.socket | None = None
+        self._started = False
         self.port = 0
 
     def bind(self) -> None:
@@ -73,17 +74,21 @@ class Relay:
             self.port = self._socket.getsockname()[1]
 
     async def start(self) -> None:
+        """Serves the bound socket (once: later calls return at once, served or about to be)."""
         self.bind()
-        if self._server is None:
+        if not self._started:
+            self._started = True
             self._server = await asyncio.start_server(self._serve, sock=self._socket, limit=_HEAD_LIMIT)
 
-    async def close(self) -> None:
+    def close(self) -> None:
+        """Stops listening and releases every job not yet asked for (in the background: this may be called
+        from a synchronous hook)."""
         if self._server is not None:
             self._server.close()
         elif self._socket is not None:
             self._socket.close()
         for token in list(self._jobs):
-            await self._finish(self._jobs.pop(token))
+            self.cancel(token)
 
     def register(self, job: Job) -> str:
         token = secrets.token_urlsafe(24)
@@ -95,8 +100,15 @@ class Relay:
     def cancel(self, token: str) -> None:
         """Releases a job that will not be asked for (its flow failed before reaching the relay)."""
         job = self._jobs.pop(token, None)
-        if job is not None:
-            tasks.spawn(self._finish(job))
+        if job is None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop any more: close what can be closed without one
+            if job.file is not None:
+                job.file.close()
+            return
+        tasks.spawn(self._finish(job))
 
     _expire = cancel
 

@@ -47,12 +47,13 @@ class Harness:
         """Runs body in a loop where the addon is running (its relay listening), then shuts the addon down."""
 
         async def main() -> T:
-            await self.addon.running()
+            self.addon.running()
+            await self.addon.relay.start()  # running() only spawns it
             try:
                 return await body()
             finally:
                 self.closed = True
-                await self.addon.done()
+                self.addon.done()
 
         return asyncio.run(main())
 
@@ -97,7 +98,7 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness
         h = Harness(tctx, addon, tmp_path / "cache")
         yield h
         if not h.closed:
-            asyncio.run(addon.done())
+            addon.done()
 
 
 def flow_for(
@@ -193,7 +194,7 @@ def test_a_bad_option_on_the_first_configure_fails_at_once(
                 tctx.configure(addon, cache_dir=str(tmp_path / "cache"), cache_ttl=-1)
     finally:
         sys.setrecursionlimit(sys_limit)
-        asyncio.run(addon.done())
+        addon.done()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
 

@@ -279,7 +279,7 @@ def test_a_body_corrupted_in_place_after_a_hit_never_reaches_a_client_whole(
             writer.close()
             return received
         finally:
-            await relay.close()
+            relay.close()
 
     received = asyncio.run(fetch())
     head, _, payload = received.partition(b"\r\n\r\n")
