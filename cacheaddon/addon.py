@@ -34,9 +34,8 @@ from typing import Any
 from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from cacheaddon import endpoint, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
@@ -55,8 +54,9 @@ _UPSTREAM_OPTIONS = {
 }
 
 
-# Request fields that are for the proxy alone, never for an upstream (mitmproxy passes them on).
-_PROXY_FIELDS = ("proxy-authorization", "proxy-connection")
+# ctx.master attribute: the user's own keep_host_header, read before the first addon instance changed it
+# (the master outlives a script reload; a new instance would otherwise take our change for the user's).
+_USER_KEEP_HOST = "_cacheaddon_user_keep_host_header"
 
 
 def _headers(request: http.Request) -> dict[str, str]:
@@ -72,21 +72,8 @@ def _url(req: http.Request) -> str:
     return f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}{req.path}"
 
 
-def _endpoint_hosts(modes: list[str]) -> tuple[settings.HostPattern, ...]:
-    """The upstreams of the endpoints (reverse modes) are cached hosts, whatever cache_hosts says."""
-    hosts = []
-    for spec in modes:
-        try:
-            mode = ProxyMode.parse(spec)
-        except ValueError:
-            continue  # mitmproxy reports it
-        if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
-            hosts.append(settings.HostPattern(mode.address[0].lower(), mode.address[1]))
-    return tuple(hosts)
-
-
 def _client_ip(flow: http.HTTPFlow) -> str:
-    return str(flow.client_conn.peername[0]) if flow.client_conn.peername else ""
+    return access.peer_ip(flow.client_conn.peername)
 
 
 class CacheAddon:
@@ -102,6 +89,7 @@ class CacheAddon:
             ThreadPoolExecutor(4, thread_name_prefix="cacheaddon-io"),
         )
         self.own_host_header = False  # we turned keep_host_header on, and restore Host ourselves
+        self.strip_proxy_auth = True  # False when mitmproxy's upstream_auth puts Proxy-Authorization there
 
     def load(self, loader: Any) -> None:
         # httpx logs every request at info and httpcore ten lines at debug: each record is a hook call on
@@ -119,7 +107,7 @@ class CacheAddon:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        new = dataclasses.replace(new, hosts=new.hosts + _endpoint_hosts(list(ctx.options.mode)))
+        new = dataclasses.replace(new, hosts=new.hosts + endpoint.upstream_hosts(list(ctx.options.mode)))
         if self.service is None or updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS | {"mode"}):
             self._build(new, updated)
         self._force_options()
@@ -165,11 +153,14 @@ class CacheAddon:
         if ctx.options.stream_large_bodies is None:
             # What passes through untouched (other hosts, uploads) must not be buffered whole either.
             ctx.options.update(stream_large_bodies="1m")
+        if not hasattr(ctx.master, _USER_KEEP_HOST):
+            setattr(ctx.master, _USER_KEEP_HOST, ctx.options.keep_host_header)
+        # Endpoints rewrite links to the address their client used, which only the client's Host tells;
+        # mitmproxy would overwrite it before any hook. requestheaders restores the upstream's Host (and SNI).
+        self.own_host_header = not getattr(ctx.master, _USER_KEEP_HOST)
         if not ctx.options.keep_host_header:
-            # Endpoints rewrite links to the address their client used, which only the client's Host tells;
-            # mitmproxy would overwrite it before any hook. requestheaders restores the upstream's Host.
-            self.own_host_header = True
             ctx.options.update(keep_host_header=True)
+        self.strip_proxy_auth = not getattr(ctx.options, "upstream_auth", None)
 
     # running and done are plain functions: mitmproxy calls them synchronously on a script it (re)loads or
     # unloads while running (an async one would fail there, and the relay would never serve).
@@ -187,14 +178,8 @@ class CacheAddon:
             pool.shutdown(wait=False)
 
     def _refusal(self, client: connection.Client, host: str, port: int) -> str | None:
-        """Why this client or destination is refused, if it is: not an open proxy; egress firewall."""
         assert self.settings is not None
-        ip = str(client.peername[0]) if client.peername else ""
-        if not self.settings.is_allowed_client(ip):
-            return f"client {ip} is not in cache_allow_clients"
-        if not self.settings.is_permitted_destination(host, port):
-            return f"{host}:{port} is not in cache_hosts (cache_strict_hosts)"
-        return None
+        return access.refusal(self.settings, access.peer_ip(client.peername), host, port)
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The last gate before any connection leaves: raw TCP and UDP (SOCKS5, transparent, tcp:/udp:
@@ -204,20 +189,19 @@ class CacheAddon:
             return
         if address == ("127.0.0.1", self.relay.port):
             return
-        refusal = self._refusal(data.client, str(address[0]), int(address[1]))
-        if self.settings.offline:
-            refusal = refusal or "offline (cache_offline)"
+        ip, host, port = access.peer_ip(data.client.peername), str(address[0]), int(address[1])
+        refusal = access.connection_refusal(self.settings, ip, host, port)
         if refusal:
-            logger.warning("refused a connection to %s:%s: %s", address[0], address[1], refusal)
+            logger.warning("refused a connection to %s:%s: %s", host, port, refusal)
             data.server.error = refusal
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
         if self.settings is None or flow.response or flow.error:
             return
         names = [q.name for q in flow.request.questions] or [""]
-        refusals = [r for name in names if (r := self._refusal(flow.client_conn, name, 443))]
-        if refusals:
-            logger.warning("refused a DNS query for %s: %s", ", ".join(names), refusals[0])
+        refusal = access.dns_refusal(self.settings, access.peer_ip(flow.client_conn.peername), names)
+        if refusal:
+            logger.warning("refused a DNS query for %s: %s", ", ".join(names), refusal)
             flow.response = flow.request.fail(response_codes.REFUSED)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -237,14 +221,15 @@ class CacheAddon:
         if flow.response or flow.error or self.settings is None:
             return
         req = flow.request
-        named = {n.strip().lower() for n in req.headers.get("connection", "").split(",")}
-        for name in (*_PROXY_FIELDS, *(named - {"close", "keep-alive", "upgrade", ""})):
+        for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
         upstream = endpoint.upstream_of(flow)
         if upstream is not None:
             flow.metadata[_CLIENT_HOST] = req.host_header
             if self.own_host_header:
                 req.host_header = rewrite.hostport(upstream)
+                if upstream.scheme == "https" and flow.server_conn.sni is None:
+                    flow.server_conn.sni = upstream.host  # as mitmproxy does without keep_host_header
         refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
             logger.warning(
@@ -254,7 +239,8 @@ class CacheAddon:
             fields = [*forbidden.headers.items(multi=True), ("Connection", "close")]
             flow.metadata[_META] = {"url": _url(req), "refused": True}
             flow.request.stream = True
-            self._relay(flow, Job(403, "Forbidden", fields, body=forbidden.raw_content or b""))
+            job = Job(403, "Forbidden", fields, body=forbidden.raw_content or b"")
+            self._relay(flow, job, streamed_body=True)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self.settings is None or self.service is None:
@@ -272,7 +258,9 @@ class CacheAddon:
         upstream = endpoint.upstream_of(flow)
         if upstream is not None and (routed := rewrite.route(req.path)) is not None:
             origin, path = routed
-            if not self.settings.is_cached_host(origin.host, origin.port):
+            if not self.settings.is_cached_host(origin.host, origin.port) or not (
+                self.settings.is_permitted_destination(origin.host, origin.port)
+            ):
                 # Only rewritten links lead here; anything else would make the endpoint an open proxy.
                 flow.response = responses.forbidden(f"{origin.host}:{origin.port} is not in cache_hosts")
                 return
@@ -293,6 +281,11 @@ class CacheAddon:
             detail = "invalid request target"
             flow.response = responses.error(400, policy.redact(url), detail)
             return
+        if "upgrade" in req.headers and not self.settings.offline:
+            # A protocol switch (WebSocket) is mitmproxy's to relay, and never an answer to keep.
+            detail = "protocol switch: passed to the upstream"
+            flow.metadata[_META] = {"url": url, "outcome": policy.Outcome.MISS, "detail": detail}
+            return
         method = req.method
         if upstream is not None and method == "HEAD" and not policy.is_immutable(url, self.settings):
             method = "GET"  # a document's headers as the endpoint serves it (rewritten) need its body
@@ -305,9 +298,6 @@ class CacheAddon:
             if self.settings.offline:
                 detail = f"offline: {why_not}"
                 reply = Reply(policy.Outcome.MISS, detail, responses.error(504, url, detail))
-            elif "upgrade" in req.headers:  # a protocol switch (WebSocket) is mitmproxy's to relay
-                flow.metadata[_META] = {"url": url, "outcome": policy.Outcome.MISS, "detail": why_not}
-                return
             else:
                 reply = await self.service.forward(view, url, health_key, req.raw_content, why_not)
         else:
@@ -334,17 +324,22 @@ class CacheAddon:
             return
         self._relay(flow, reply.job)
 
-    def _relay(self, flow: http.HTTPFlow, job: Job) -> None:
+    def _relay(self, flow: http.HTTPFlow, job: Job, streamed_body: bool = False) -> None:
         """Re-points the flow at the relay, which answers it with `job`. The relay needs none of the client's
-        fields but the body's framing (kept aside for logs and other addons, and put back in `response`)."""
+        fields (kept aside for logs and other addons, and put back in `response`), nor its body, which was
+        sent upstream already, except a refused upload's, which streams on and is dropped there."""
         token = self.relay.register(job)
         meta = flow.metadata[_META]
         meta["relay"], meta["token"], meta["headers"] = True, token, flow.request.headers.copy()
         req = flow.request
-        framing = [
-            (k, v) for k, v in req.headers.fields if k.lower() in (b"content-length", b"transfer-encoding")
-        ]
-        req.headers = http.Headers([(b"Host", f"127.0.0.1:{self.relay.port}".encode()), *framing])
+        fields = [(b"Host", f"127.0.0.1:{self.relay.port}".encode())]
+        if streamed_body:
+            framing = (b"content-length", b"transfer-encoding")
+            fields += [(k, v) for k, v in req.headers.fields if k.lower() in framing]
+        else:
+            meta["content"] = req.raw_content
+            req.raw_content = b""
+        req.headers = http.Headers(fields)
         req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, "/" + token
 
     def _unrelay(self, flow: http.HTTPFlow, meta: dict[str, Any]) -> None:
@@ -354,6 +349,8 @@ class CacheAddon:
             self.relay.cancel(meta.pop("token"))
             flow.request.url = meta["url"]
             flow.request.headers = meta.pop("headers")
+            if "content" in meta:
+                flow.request.raw_content = meta.pop("content")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)

@@ -44,17 +44,10 @@ def _decode_one(data: bytes, coding: str, limit: int) -> bytes:
         if coding == "br":
             return _brotli(data, limit)
         if coding == "zstd":
-            out = zstd.ZstdDecompressor().decompress(data, max_length=limit + 1)
-            return _checked(out, limit)
+            return _zstd(data, limit)
     except (zlib.error, brotli.error, zstd.ZstdError, EOFError) as exc:
         raise ValueError(f"invalid {coding} data: {exc}") from None
     raise ValueError(f"unknown content coding {coding!r}")
-
-
-def _checked(out: bytes, limit: int) -> bytes:
-    if len(out) > limit:
-        raise TooLarge(f"larger than {limit} bytes")
-    return out
 
 
 def _zlib(data: bytes, wbits: int, limit: int) -> bytes:
@@ -70,6 +63,22 @@ def _zlib(data: bytes, wbits: int, limit: int) -> bytes:
         if not d.eof:
             raise zlib.error("truncated stream")
         data = d.unused_data if wbits & 16 else b""
+    return b"".join(parts)
+
+
+def _zstd(data: bytes, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while data:  # a zstd body may hold several frames, one after another
+        d = zstd.ZstdDecompressor()
+        out = d.decompress(data, max_length=limit + 1 - size)
+        size += len(out)
+        if size > limit:
+            raise TooLarge(f"larger than {limit} bytes")
+        parts.append(out)
+        if not d.eof:
+            raise ValueError("truncated zstd data")
+        data = d.unused_data
     return b"".join(parts)
 
 

@@ -7,15 +7,16 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from mitmproxy import http
-from mitmproxy.proxy.mode_specs import ReverseMode
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from cacheaddon import decoding, responses, rewrite
 from cacheaddon.policy import redact
 from cacheaddon.relay import Job
 from cacheaddon.service import Reply
+from cacheaddon.settings import HostPattern
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,19 @@ def upstream_of(flow: http.HTTPFlow) -> rewrite.Origin | None:
     if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
         return rewrite.Origin(mode.scheme, mode.address[0].lower(), mode.address[1])
     return None
+
+
+def upstream_hosts(modes: list[str]) -> tuple[HostPattern, ...]:
+    """The upstreams of the endpoints (reverse modes) are cached hosts, whatever cache_hosts says."""
+    hosts = []
+    for spec in modes:
+        try:
+            mode = ProxyMode.parse(spec)
+        except ValueError:
+            continue  # mitmproxy reports it
+        if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
+            hosts.append(HostPattern(mode.address[0].lower(), mode.address[1]))
+    return tuple(hosts)
 
 
 def client_base(flow: http.HTTPFlow, host_header: str | None) -> str:
@@ -61,7 +75,23 @@ async def rewritten(reply: Reply, base: str, upstream: rewrite.Origin, cached: C
             "%s: document too large to rewrite (%d bytes): served as is", redact(url), reply.job.length
         )
         return reply
-    body = await _materialize(reply)
+    job = reply.job
+    if job is not None and job.stream is not None:  # a miss streaming in: read it, up to the limit
+        try:
+            parts, whole = await _read_up_to(job.stream, REWRITE_LIMIT)
+        except Exception as exc:
+            await job.aclose()
+            logger.warning("%s: could not read a document to rewrite: %s", redact(url), exc)
+            detail = "document could not be read for rewriting"
+            return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
+        if not whole:
+            logger.warning("%s: document too large to rewrite: served as is", redact(url))
+            job.stream = _chain(parts, job.stream)
+            return reply
+        await job.aclose()
+        body: bytes | None = b"".join(parts)
+    else:
+        body = await _materialize(reply)
     if body is None:
         detail = "document could not be read for rewriting"
         return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
@@ -103,8 +133,30 @@ def _status_fields(reply: Reply) -> tuple[int, list[tuple[str, str]]]:
     return reply.job.status, reply.job.headers
 
 
+async def _read_up_to(stream: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The chunks of `stream` until it ends (True) or passes `limit` bytes (False: the rest is unread)."""
+    parts, size = [], 0
+    async for chunk in stream:  # leaving the loop early does not close the stream
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return parts, False
+    return parts, True
+
+
+async def _chain(parts: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        for part in parts:
+            yield part
+        async for chunk in rest:
+            yield chunk
+    finally:
+        if hasattr(rest, "aclose"):
+            await rest.aclose()
+
+
 async def _materialize(reply: Reply) -> bytes | None:
-    """The whole body of a reply, at most REWRITE_LIMIT bytes (documents: they are rewritten in memory)."""
+    """The whole body of a reply held in memory or in a file (documents: they are rewritten in memory)."""
     if reply.response is not None:
         return reply.response.raw_content or b""
     job: Job | None = reply.job
@@ -118,16 +170,7 @@ async def _materialize(reply: Reply) -> bytes | None:
                 if job.on_corrupt is not None:
                     await job.on_corrupt()
                 return None
-            return data
-        assert job.stream is not None
-        parts, size = [], 0
-        async for chunk in job.stream:
-            size += len(chunk)
-            if size > REWRITE_LIMIT:
-                logger.warning("a document to rewrite is larger than %d bytes", REWRITE_LIMIT)
-                return None
-            parts.append(chunk)
-        return b"".join(parts)
+        return data
     except Exception as exc:
         logger.warning("could not read a document to rewrite: %s", exc)
         return None

@@ -200,7 +200,11 @@ def vary_values(
 
 
 def vary_matches(entry: Entry, request: RequestView, salt: bytes = b"") -> bool:
-    return all(vary_digest(request.header(name), salt) == value for name, value in entry.vary)
+    # Records written before the digests were salted hold unsalted ones: they still match.
+    return all(
+        value in (vary_digest(request.header(name), salt), vary_digest(request.header(name)))
+        for name, value in entry.vary
+    )
 
 
 def request_cacheability(request: RequestView) -> str | None:

@@ -34,7 +34,7 @@ T = TypeVar("T")
 # Bodies up to this size are answered from memory; larger ones stream through the relay.
 INLINE_LIMIT = 1024 * 1024
 # A new body for a stale entry is read whole before answering, so that a failure midway can still fall back
-# to the entry: when it announces up to this size (or no size). It is kept in memory up to INLINE_LIMIT and
+# to the entry: when it announces up to this size (or no size). It is kept in memory up to this size and
 # spooled to a temporary file beyond, up to the larger of this and cache_max_object_size.
 BUFFER_LIMIT = 8 * 1024 * 1024
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -371,8 +371,10 @@ class CacheService:
         detail: str,
     ) -> Reply:
         """Reads the whole body before answering, so that a failure midway can still fall back to stale."""
+        # In memory up to BUFFER_LIMIT, so that a full disk does not cost the client its answer; a larger body
+        # (only one without a Content-Length gets here) is spooled to disk.
         limit = max(BUFFER_LIMIT, self.settings.max_object_size)
-        spool = Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, limit)
+        spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
             async for chunk in raw_chunks(upstream):
                 await spool.write(chunk)

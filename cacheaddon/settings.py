@@ -182,6 +182,11 @@ class Settings:
         host = host.lower().strip("[]")
         return any(p.matches(host, port) for p in self.hosts)
 
+    def is_cached_name(self, name: str) -> bool:
+        """Whether a host name is in cache_hosts on some port (what a DNS query can be judged by)."""
+        name = name.lower().rstrip(".")
+        return any(p.matches(name, p.port) if p.port else p.matches(name, 443) for p in self.hosts)
+
     def is_permitted_destination(self, host: str, port: int) -> bool:
         """Whether a request or CONNECT may go to host:port at all. Under cache_strict_hosts only cached
         hosts, and a pattern without a port only on 80 and 443: a tunnel to pypi.org:22 is no download."""

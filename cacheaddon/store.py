@@ -217,11 +217,12 @@ class Store:
         return None if value is None else self.check_body(entry, value, inline_limit)
 
     def lookup(self, keys: tuple[str, ...], inline_limit: int) -> tuple[Entry | None, Body | BinaryIO | None]:
-        """The first record found under `keys` and its body, in one trip to the database thread (the hit
+        """The newest record found under `keys` and its body, in one trip to the database thread (the hit
         path): a checked Body when that is cheap (bytes from the database, or a large file already verified
         and unchanged: the relay hashes it again while sending), else the open file, for check_body in the
         I/O pool."""
-        entry = next((e for e in map(self.get, keys) if e is not None), None)
+        found = [e for e in map(self.get, keys) if e is not None]
+        entry = max(found, key=lambda e: e.stored_at, default=None)
         if entry is None:
             return None, None
         value = self.open_body(entry)

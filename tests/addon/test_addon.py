@@ -570,6 +570,24 @@ def test_an_endpoint_route_to_a_host_that_is_not_cached_is_refused(harness: Harn
     assert b"evil.example:443 is not in cache_hosts" in f.response.content
 
 
+def test_an_endpoint_route_to_a_cached_host_on_another_port_is_refused_under_strict_hosts(
+    harness: Harness,
+) -> None:
+    # The addon fetches routed links itself, so server_connect never sees them: the route is the gate.
+    harness.configure(cache_strict_hosts=True)
+    f = endpoint_flow("/_cacheaddon/https/files.pythonhosted.org:22/x")
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 403
+
+
+def test_a_protocol_switch_is_left_to_mitmproxy(harness: Harness) -> None:
+    harness.configure()
+    f = flow_for(PYPI_INDEX, headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is None
+    assert f.request.headers.get("upgrade") == "websocket"
+
+
 def test_an_index_served_through_an_endpoint_links_back_to_it(harness: Harness) -> None:
     harness.configure(cache_offline=True)
     doc = (

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 CACHED_IP = "127.0.0.4"
 TIMEOUT = 2
-FILE = pattern_bytes(200_000, seed=3)
+FILE = pattern_bytes(2 * 1024 * 1024 + 5, seed=3)  # over 1 MiB: answered through the relay
 
 
 def client(proxy: Proxy) -> httpx.Client:
@@ -60,6 +60,22 @@ def test_other_methods_reach_the_upstream_with_their_body(
         assert http.post(f"{origin.url}/upload", content=b"again").content == b"got again"  # never cached
     [first, second] = [r for r in origin.requests if r.method == "POST"]
     assert (first.body, first.headers.get("x-client"), second.body) == (b"payload", "c", b"again")
+
+
+def test_forwarded_bodies_and_relayed_answers_share_a_keep_alive_connection(
+    origin: FakeOrigin, proxy_factory: ProxyFactory
+) -> None:
+    """A forwarded PUT's answer and a large hit both come through the relay, on one connection from
+    mitmproxy: the PUT's body, already sent upstream, must not reach the relay as the next request."""
+    proxy = proxy_factory(cache_hosts=[CACHED_IP])
+    big = f"{origin.url}/files/pkg-1.0.tar.gz"
+    with client(proxy) as http:
+        assert http.get(big).content == FILE  # cached now
+        for body in (b'{"name": "x", "versions": {}}', b"second upload " * 100):
+            response = http.put(f"{origin.url}/upload", content=body)
+            assert (response.status_code, response.content) == (200, b"got " + body), proxy.log_tail()
+            hit = http.get(big)
+            assert (hit.status_code, hit.headers.get("x-cache"), hit.content) == (200, "HIT", FILE)
 
 
 def test_a_range_of_something_not_cached_is_forwarded_and_not_stored(

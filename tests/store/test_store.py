@@ -531,3 +531,18 @@ def test_a_spool_that_fits_commits_like_the_service_does(store: Store) -> None:
     assert (spooled_body.size, spooled_body.sha256) == (len(LARGE), hashlib.sha256(LARGE).hexdigest())
     store.commit("k", entry_for(LARGE), spooled_body.path)
     assert read_all(store, entry_for(LARGE)) == LARGE
+
+
+def test_lookup_takes_the_newest_record_of_its_keys(store: Store) -> None:
+    """An unencoded answer and an encoded one can both exist for a URL (shared and coded keys): a stale old
+    one must never hide the one the upstream sent since."""
+    old, new = entry_for(b"old page"), entry_for(b"new page")
+    old = Entry(**{**old.__dict__, "stored_at": 1000.0})
+    new = Entry(**{**new.__dict__, "stored_at": 2000.0})
+    store.commit("shared", old, b"old page")
+    store.commit("coded", new, b"new page")
+    for keys in (("shared", "coded"), ("coded", "shared")):
+        entry, _ = store.lookup(keys, 1 << 20)
+        assert entry == new
+    entry, _ = store.lookup(("shared", "absent"), 1 << 20)
+    assert entry == old

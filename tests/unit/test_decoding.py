@@ -41,8 +41,9 @@ def test_raw_deflate_and_stacked_codings() -> None:
     assert decoding.decode(b"plain", "", 100) == b"plain"
 
 
-def test_several_gzip_members_are_one_body() -> None:
+def test_several_gzip_members_or_zstd_frames_are_one_body() -> None:
     assert decoding.decode(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip", 100) == b"abcd"
+    assert decoding.decode(zstd.compress(b"ab") + zstd.compress(b"cd"), "zstd", 100) == b"abcd"
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "identity"])
@@ -62,6 +63,7 @@ def test_a_bomb_stops_at_the_limit(coding: str) -> None:
         (b"\xff\xff", "br"),
         (brotli.compress(b"x" * 1000)[:5], "br"),
         (b"garbage", "zstd"),
+        (zstd.compress(b"x" * 1000)[:-3], "zstd"),
         (b"data", "compress"),
     ],
 )
