@@ -35,7 +35,7 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, keys, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
@@ -233,7 +233,7 @@ class CacheAddon:
         refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
             logger.warning(
-                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
+                "refused %s %s from %s: %s", req.method, keys.redact(_url(req)), _client_ip(flow), refusal
             )
             forbidden = responses.forbidden(refusal)
             fields = [*forbidden.headers.items(multi=True), ("Connection", "close")]
@@ -251,7 +251,7 @@ class CacheAddon:
         refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
             logger.warning(
-                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
+                "refused %s %s from %s: %s", req.method, keys.redact(_url(req)), _client_ip(flow), refusal
             )
             flow.response = responses.forbidden(refusal)
             return
@@ -269,17 +269,17 @@ class CacheAddon:
             if origin != upstream:
                 # Clients send the endpoint's credentials with every link it rewrote: they are not for
                 # the other hosts behind it.
-                for name in policy.CREDENTIAL_HEADERS:
+                for name in keys.CREDENTIAL_HEADERS:
                     req.headers.pop(name, None)
         url = _url(req)
         if not self.settings.is_cached_host(req.host, req.port):
             if self.settings.offline:  # a reproducible build must not reach out anywhere
-                flow.response = responses.error(504, policy.redact(url), "offline: not a cached host")
+                flow.response = responses.error(504, keys.redact(url), "offline: not a cached host")
             return
         if not req.path.startswith("/"):
             # HTTP/2 lets a client send any :path; glued to the host it could name another host entirely.
             detail = "invalid request target"
-            flow.response = responses.error(400, policy.redact(url), detail)
+            flow.response = responses.error(400, keys.redact(url), detail)
             return
         if "upgrade" in req.headers and not self.settings.offline:
             # A protocol switch (WebSocket) is mitmproxy's to relay, and never an answer to keep.
@@ -289,8 +289,8 @@ class CacheAddon:
         method = req.method
         if upstream is not None and method == "HEAD" and not policy.is_immutable(url, self.settings):
             method = "GET"  # a document's headers as the endpoint serves it (rewritten) need its body
-        view = policy.RequestView(
-            method, policy.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
+        view = keys.RequestView(
+            method, keys.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
         )
         health_key = f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}"
         why_not = policy.request_cacheability(view)
@@ -379,7 +379,7 @@ class CacheAddon:
             flow.response.headers.get("x-cache", "-"),
             flow.response.status_code,
             size,
-            policy.redact(meta["url"]),
+            keys.redact(meta["url"]),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -389,7 +389,7 @@ class CacheAddon:
         self._unrelay(flow, meta)
         if meta.get("refused"):
             return
-        logger.warning("%s failed %s: %s", meta["outcome"].value, policy.redact(meta["url"]), flow.error)
+        logger.warning("%s failed %s: %s", meta["outcome"].value, keys.redact(meta["url"]), flow.error)
 
 
 def _close_later(upstream: Upstream) -> None:

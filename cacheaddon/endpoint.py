@@ -13,7 +13,7 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from cacheaddon import decoding, responses, rewrite
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.relay import Job
 from cacheaddon.service import Reply
 from cacheaddon.settings import HostPattern

@@ -16,11 +16,12 @@ from typing import Any, BinaryIO, TypeVar, assert_never
 import httpx
 from mitmproxy import http
 
-from cacheaddon import policy, responses, rewrite, tasks
+from cacheaddon import conditional, keys, policy, responses, rewrite, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
-from cacheaddon.policy import Action, Decision, Keys, Outcome, RequestView
+from cacheaddon.keys import Keys, RequestView
+from cacheaddon.policy import Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.settings import Settings
 from cacheaddon.spool import Spool, Spooled
@@ -105,13 +106,13 @@ class CacheService:
         """The reply to a GET or HEAD. A Range request for something not cached is forwarded and not stored.
         whole_documents (on endpoints, which rewrite index documents): Range is ignored for them, and a miss
         is fetched whole."""
-        key = policy.cache_keys(request, self.store.salt)
+        key = keys.cache_keys(request, self.store.salt)
         try:
             entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             entry, pre = None, None
-        if entry is not None and not policy.vary_matches(entry, request, self.store.salt):
+        if entry is not None and not keys.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
         backing_off = self.health.backing_off(origin, now)
@@ -135,7 +136,7 @@ class CacheService:
             case Action.FETCH:
                 return await self._fetch(request, url, origin, key, entry, decision)
             case Action.OFFLINE_MISS:
-                logger.warning("offline: %s is not in the cache", policy.redact(url))
+                logger.warning("offline: %s is not in the cache", keys.redact(url))
                 return Reply(decision.outcome, decision.reason, responses.error(504, url, decision.reason))
             case _:
                 assert_never(decision.action)
@@ -181,7 +182,7 @@ class CacheService:
             )
             await reply.discard()
         except Exception:
-            logger.exception("background revalidation of %s failed", policy.redact(url))
+            logger.exception("background revalidation of %s failed", keys.redact(url))
         finally:
             self.health.end_probe(origin)
 
@@ -195,7 +196,7 @@ class CacheService:
         whole_documents: bool = False,
     ) -> Reply | None:
         outcome, detail, age = decision.outcome, decision.reason, policy.age(entry, now)
-        if policy.client_has_current(entry, request):
+        if conditional.client_has_current(entry, request):
             _close(pre)
             return Reply(outcome, detail, responses.not_modified(entry, outcome, detail, age))
         if request.method == "HEAD":
@@ -206,11 +207,11 @@ class CacheService:
             return None
         whole = whole_documents and rewrite.is_rewritable(entry.header("content-type") or "")
         ranged = "range" in request.headers and not whole
-        span = policy.byte_range(request.header("range"), entry.size) if ranged else None
+        span = conditional.byte_range(request.header("range"), entry.size) if ranged else None
         if (
             span is not None
             and entry.status == 200
-            and policy.if_range_allows(entry, request.header("if-range"))
+            and conditional.if_range_allows(entry, request.header("if-range"))
         ):
             if body.file is not None and not await self._verified(entry, body.file):
                 return None
@@ -258,7 +259,7 @@ class CacheService:
         self.health.failed(origin, now, self.settings.upstream_backoff)
         fallback = policy.on_failure(entry, failure.reason, self.settings)
         if fallback is not None and entry is not None:
-            logger.warning("upstream failed for %s (%s)", policy.redact(url), failure.reason)
+            logger.warning("upstream failed for %s (%s)", keys.redact(url), failure.reason)
             reply = await self._serve(entry, fallback, request, now)
             if reply is not None:
                 return reply
@@ -270,7 +271,7 @@ class CacheService:
     ) -> Reply:
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
-        headers.update(policy.conditional_headers(entry))
+        headers.update(conditional.conditional_headers(entry))
         try:
             upstream = await self.upstream.open(request.method, url, headers)
         except UpstreamFailure as failure:
@@ -336,7 +337,7 @@ class CacheService:
         fields: tuple[tuple[str, str], ...],
         body: Spooled,
     ) -> Entry:
-        names = policy.vary_names(upstream.headers.get("vary", "")) or ()
+        names = keys.vary_names(upstream.headers.get("vary", "")) or ()
         return Entry(
             url=request.url,
             status=upstream.status_code,
@@ -345,14 +346,14 @@ class CacheService:
             stored_at=time.time(),
             size=body.size,
             sha256=body.sha256,
-            vary=policy.vary_values(names, request, self.store.salt),
+            vary=keys.vary_values(names, request, self.store.salt),
         )
 
     async def _save_record(self, key: str, entry: Entry) -> None:
         try:
             await self._db(self.store.put_record, key, entry)
         except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", policy.redact(entry.url), exc)
+            logger.warning("could not update the cache record of %s: %s", keys.redact(entry.url), exc)
 
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit
@@ -388,7 +389,7 @@ class CacheService:
         body = await spool.finish()
         if body is None:  # the upstream is fine, but its answer could not be held to be served
             detail = f"new body could not be held ({spool.unusable})"
-            logger.warning("%s: %s", policy.redact(url), detail)
+            logger.warning("%s: %s", keys.redact(url), detail)
             if entry is not None and self.settings.stale_on_error:
                 fallback = Decision(Action.SERVE, Outcome.STALE, f"stale: {detail}")
                 reply = await self._serve(entry, fallback, request, time.time())
@@ -404,7 +405,7 @@ class CacheService:
         if body.data is not None:
             if why_not is None:
                 await self.ingest.commit(key.for_response(new.header("content-encoding")), new, body.data)
-            if why_not is None and policy.client_has_current(new, request):
+            if why_not is None and conditional.client_has_current(new, request):
                 return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
             response = responses.make(

@@ -24,7 +24,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import policy, settings
+from cacheaddon import keys, policy, settings
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
 
@@ -69,9 +69,9 @@ class Harness:
     ) -> Entry:
         """Stores body as the answer to flow's request, under the key the addon will look up."""
         req = flow.request
-        view = policy.RequestView(
+        view = keys.RequestView(
             req.method,
-            policy.normalize_url(req.scheme, req.host, req.port, req.path),
+            keys.normalize_url(req.scheme, req.host, req.port, req.path),
             {k.lower(): v for k, v in req.headers.items()},
         )
         assert self.addon.store is not None
@@ -85,7 +85,7 @@ class Harness:
             hashlib.sha256(body).hexdigest(),
             vary,
         )
-        self.addon.store.commit(policy.cache_key(view, self.addon.store.salt), entry, body)
+        self.addon.store.commit(keys.cache_key(view, self.addon.store.salt), entry, body)
         return entry
 
 

@@ -1,10 +1,10 @@
-"""policy.redact: URLs fit for a log line, with credential-like query values masked and the rest kept."""
+"""keys.redact: URLs fit for a log line, with credential-like query values masked and the rest kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from cacheaddon import policy
+from cacheaddon import keys
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ from cacheaddon import policy
     ],
 )
 def test_credential_like_query_values_are_masked(url: str, expected: str) -> None:
-    assert policy.redact(url) == expected
+    assert keys.redact(url) == expected
 
 
 @pytest.mark.parametrize(
@@ -44,12 +44,12 @@ def test_credential_like_query_values_are_masked(url: str, expected: str) -> Non
     ],
 )
 def test_paths_that_merely_mention_a_secret_are_kept(url: str) -> None:
-    assert policy.redact(url) == url
+    assert keys.redact(url) == url
 
 
 def test_the_secret_itself_never_survives() -> None:
     secret = "npm_Zq8yK2w9cVt4"
     url = f"https://r.example/pkg?_authToken={secret}&other={secret[:3]}&key={secret}"
-    redacted = policy.redact(url)
+    redacted = keys.redact(url)
     assert secret not in redacted
     assert redacted == f"https://r.example/pkg?_authToken=***&other={secret[:3]}&key=***"
