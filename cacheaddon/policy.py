@@ -4,6 +4,7 @@ clock (`now` is passed in)."""
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,6 +29,12 @@ HOP_BY_HOP = frozenset(
 )
 STORABLE_STATUS = frozenset({200, 203, 300, 301, 308})
 NEGATIVE_STATUS = frozenset({404, 410})
+# Bodies up to this size are answered from memory; larger ones stream through the relay.
+INLINE_LIMIT = 1024 * 1024
+# A new body for a stale entry is read whole before answering, so that a failure midway can still fall back
+# to the entry: when it announces up to this size (or no size). It is kept in memory up to this size and
+# spooled to a temporary file beyond, up to the larger of this and cache_max_object_size.
+BUFFER_LIMIT = 8 * 1024 * 1024
 
 
 class Outcome(enum.Enum):
@@ -42,7 +49,8 @@ class Outcome(enum.Enum):
 class Action(enum.Enum):
     SERVE = "serve"  # answer from the entry
     FETCH = "fetch"  # ask the upstream (conditionally when the entry has validators)
-    OFFLINE_MISS = "offline-miss"  # 504 naming the URL
+    ERROR = "error"  # our own error page (status), naming the URL and the reason
+    PASS = "pass"  # the upstream's own error answer, passed on and not stored
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,42 @@ class Decision:
     action: Action
     outcome: Outcome
     reason: str  # the X-Cache-Detail text
-    probe: bool = False  # also revalidate in the background (host in back-off)
+    probe: bool = False  # also ask the upstream in the background, one probe per origin (origin in back-off)
+    status: int = 0  # of an ERROR
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """An origin (scheme://host:port) that failed recently, and when its back-off ends."""
+
+    origin: str
+    until: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How the upstream failed: no complete answer (refused, timed out, a body cut short...), or an answer
+    that is an outage as far as builds go (status: 5xx or 429)."""
+
+    reason: str  # "connection refused", "answered 503"
+    timeout: bool = False
+    status: int | None = None
+
+
+class Verdict(enum.Enum):
+    FAILED = "failed"  # 5xx or 429: see on_failure
+    NOT_MODIFIED = "not-modified"  # a 304 to our validators: the entry is refreshed and served
+    NEW = "new"  # a new answer: passed on, and stored when storable
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to do with the upstream's answer head."""
+
+    verdict: Verdict
+    reason: str  # the X-Cache-Detail text
+    why_not: str | None = None  # why the answer is not stored; None: store it once it arrived whole
+    buffer: bool = False  # read it whole before answering (a failure midway can still fall back to stale)
 
 
 def request_cacheability(request: RequestView) -> str | None:
@@ -70,8 +113,12 @@ def storability(
         return "not stored: Vary: *"
     if "content-range" in headers:
         return "not stored: partial content"
-    if content_length is not None and content_length > settings.max_object_size:
-        return f"not stored: larger than cache_max_object_size ({content_length} bytes)"
+    return oversize(content_length, settings)
+
+
+def oversize(size: int | None, settings: Settings) -> str | None:
+    if size is not None and size > settings.max_object_size:
+        return f"not stored: larger than cache_max_object_size ({size} bytes)"
     return None
 
 
@@ -111,28 +158,81 @@ def decide(
     entry: Entry | None,
     now: float,
     settings: Settings,
-    host_backing_off: bool,
+    backoff: Backoff | None,
     salt: bytes = b"",
 ) -> Decision:
     """What to do with a cacheable request, given what the store holds for its key (salt: the store's, which
-    the entry's Vary digests were made with)."""
+    the entry's Vary digests were made with) and whether its origin is in back-off."""
     if entry is not None and not vary_matches(entry, request, salt):
         entry = None
     if entry is None:
         if settings.offline:
-            return Decision(Action.OFFLINE_MISS, Outcome.MISS, "offline: not in cache")
+            return Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504)
+        if backoff is not None:
+            return unavailable(backoff, now, probe=True)
         return Decision(Action.FETCH, Outcome.MISS, "miss")
     if is_fresh(entry, now, settings):
         return Decision(Action.SERVE, Outcome.HIT, "fresh" if settings.offline is False else "fresh, offline")
     if settings.offline:
         return Decision(Action.SERVE, Outcome.STALE, "stale: offline mode")
-    if host_backing_off and settings.stale_on_error:
+    if backoff is not None and settings.stale_on_error:
         return Decision(Action.SERVE, Outcome.STALE, "stale: upstream failing recently", probe=True)
     return Decision(Action.FETCH, Outcome.REVALIDATED, "stale: revalidating")
 
 
-def on_failure(entry: Entry | None, failure: str, settings: Settings) -> Decision | None:
-    """After the upstream failed: the stale answer to serve, or None when the client gets the error."""
+def unavailable(backoff: Backoff, now: float, probe: bool = False) -> Decision:
+    """A 503 at once for what the cache cannot answer while its origin backs off: an outage costs a build one
+    timeout, not one per request."""
+    left = max(1, math.ceil(backoff.until - now))
+    reason = (
+        f"upstream failing recently: {backoff.origin} not tried for another {left} s (cache_upstream_backoff)"
+    )
+    return Decision(Action.ERROR, Outcome.MISS, reason, probe=probe, status=503)
+
+
+def is_failure(status: int) -> bool:
+    """Overloaded or rate-limited: an outage as far as builds go."""
+    return status >= 500 or status == 429
+
+
+def on_answer(
+    request: RequestView,
+    entry: Entry | None,
+    status: int,
+    headers: Mapping[str, str],
+    length: int | None,
+    settings: Settings,
+) -> Answer:
+    """What to do with the upstream's answer to a miss or a revalidation (headers: case-insensitive, a
+    repeated field read as its values joined with ", "; length: the Content-Length, if it frames the body)."""
+    if is_failure(status):
+        return Answer(Verdict.FAILED, f"upstream answered {status}")
+    if status == 304 and entry is not None:
+        return Answer(Verdict.NOT_MODIFIED, "revalidated: 304")
+    why_not = storability(status, headers, length, settings) or private_storability(request, headers)
+    if request.method == "HEAD":
+        why_not = why_not or "not stored: HEAD"
+    reason = why_not or ("refreshed: entry was stale" if entry is not None else "miss")
+    small = length is not None and length <= INLINE_LIMIT
+    buffer = small or request.method == "HEAD" or (entry is not None and (length or 0) <= BUFFER_LIMIT)
+    return Answer(Verdict.NEW, reason, why_not, buffer)
+
+
+def on_failure(entry: Entry | None, failure: Failure, settings: Settings) -> Decision:
+    """After the upstream failed: the stale answer to serve if there is one (SERVE), else the upstream's own
+    error answer (PASS) or our error page: 504 when it timed out, 502 otherwise."""
     if entry is not None and settings.stale_on_error:
-        return Decision(Action.SERVE, Outcome.STALE, f"stale: upstream {failure}")
-    return None
+        return Decision(Action.SERVE, Outcome.STALE, f"stale: upstream {failure.reason}")
+    if failure.status is not None:
+        return Decision(Action.PASS, Outcome.MISS, f"upstream {failure.reason}")
+    return Decision(
+        Action.ERROR, Outcome.MISS, f"upstream {failure.reason}", status=504 if failure.timeout else 502
+    )
+
+
+def on_unheld(entry: Entry | None, why: str, settings: Settings) -> Decision:
+    """The upstream answered, but its new body could not be held to be served (too large, disk failed)."""
+    reason = f"new body could not be held ({why})"
+    if entry is not None and settings.stale_on_error:
+        return Decision(Action.SERVE, Outcome.STALE, f"stale: {reason}")
+    return Decision(Action.ERROR, Outcome.MISS, reason, status=502)

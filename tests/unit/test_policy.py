@@ -7,7 +7,7 @@ from factories import NO_STALE, OFFLINE, SETTINGS, URL, WHEEL_URL, make_entry, m
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheaddon import policy, settings
+from cacheaddon import keys, policy, settings
 from cacheaddon.entry import Entry
 from cacheaddon.keys import RequestView
 from cacheaddon.policy import Action, Decision, Outcome
@@ -158,19 +158,42 @@ def test_age(stored_at: float, now: float, expected: int) -> None:
 
 FRESH_NOW, STALE_NOW = 1030.0, 5000.0
 A = make_entry(stored_at=1000.0, vary=(("user-agent", "pip/24"),))
+ORIGIN = "https://pypi.org"
+
+
+def backoff_at(now: float, backing_off: bool) -> policy.Backoff | None:
+    return policy.Backoff(ORIGIN, now + 29.5) if backing_off else None
+
+
+UNAVAILABLE = Decision(
+    Action.ERROR,
+    Outcome.MISS,
+    "upstream failing recently: https://pypi.org not tried for another 30 s (cache_upstream_backoff)",
+    probe=True,
+    status=503,
+)
 
 
 @pytest.mark.parametrize(
     ("entry", "now", "conf", "backing_off", "expected"),
     [
         (None, FRESH_NOW, SETTINGS, False, Decision(Action.FETCH, Outcome.MISS, "miss")),
-        (None, FRESH_NOW, SETTINGS, True, Decision(Action.FETCH, Outcome.MISS, "miss")),
+        # An outage costs one timeout, even for what is not cached: 503 at once, one probe in the background.
+        (None, FRESH_NOW, SETTINGS, True, UNAVAILABLE),
+        (None, FRESH_NOW, NO_STALE, True, UNAVAILABLE),
         (
             None,
             FRESH_NOW,
             OFFLINE,
             False,
-            Decision(Action.OFFLINE_MISS, Outcome.MISS, "offline: not in cache"),
+            Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504),
+        ),
+        (
+            None,
+            FRESH_NOW,
+            OFFLINE,
+            True,
+            Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504),
         ),
         (A, FRESH_NOW, SETTINGS, False, Decision(Action.SERVE, Outcome.HIT, "fresh")),
         (A, FRESH_NOW, SETTINGS, True, Decision(Action.SERVE, Outcome.HIT, "fresh")),
@@ -191,21 +214,32 @@ A = make_entry(stored_at=1000.0, vary=(("user-agent", "pip/24"),))
 def test_decide(
     entry: Entry | None, now: float, conf: settings.Settings, backing_off: bool, expected: Decision
 ) -> None:
-    assert policy.decide(view(user_agent="pip/24"), entry, now, conf, backing_off) == expected
+    assert (
+        policy.decide(view(user_agent="pip/24"), entry, now, conf, backoff_at(now, backing_off)) == expected
+    )
 
 
 @pytest.mark.parametrize(
-    ("conf", "now", "expected"),
+    ("conf", "now", "backing_off", "expected"),
     [
-        (SETTINGS, FRESH_NOW, Decision(Action.FETCH, Outcome.MISS, "miss")),
-        (SETTINGS, STALE_NOW, Decision(Action.FETCH, Outcome.MISS, "miss")),
-        (OFFLINE, FRESH_NOW, Decision(Action.OFFLINE_MISS, Outcome.MISS, "offline: not in cache")),
+        (SETTINGS, FRESH_NOW, False, Decision(Action.FETCH, Outcome.MISS, "miss")),
+        (SETTINGS, STALE_NOW, False, Decision(Action.FETCH, Outcome.MISS, "miss")),
+        (SETTINGS, FRESH_NOW, True, UNAVAILABLE),
+        (OFFLINE, FRESH_NOW, True, Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504)),
     ],
 )
 def test_decide_treats_a_vary_mismatch_as_a_miss(
-    conf: settings.Settings, now: float, expected: Decision
+    conf: settings.Settings, now: float, backing_off: bool, expected: Decision
 ) -> None:
-    assert policy.decide(view(user_agent="curl/8"), A, now, conf, True) == expected
+    assert policy.decide(view(user_agent="curl/8"), A, now, conf, backoff_at(now, backing_off)) == expected
+
+
+@pytest.mark.parametrize(("left", "said"), [(30.0, "30 s"), (0.2, "1 s"), (4.5, "5 s")])
+def test_unavailable_names_the_origin_and_the_seconds_left(left: float, said: str) -> None:
+    decision = policy.unavailable(policy.Backoff(ORIGIN, 100.0 + left), 100.0)
+    assert (decision.action, decision.status, decision.outcome) == (Action.ERROR, 503, Outcome.MISS)
+    assert f"{ORIGIN} not tried for another {said}" in decision.reason
+    assert not decision.probe
 
 
 @given(
@@ -222,47 +256,208 @@ def test_decide_invariants(
     conf = make_settings(cache_ttl=60, cache_offline=offline, cache_stale_on_error=stale_on_error)
     entry = A if has_entry else None
     request = view(user_agent=agent)
-    decision = policy.decide(request, entry, A.stored_at + elapsed, conf, backing_off)
-    usable = entry is not None and policy.vary_matches(entry, request)
-    assert decision.action in set(Action)
+    now = A.stored_at + elapsed
+    decision = policy.decide(request, entry, now, conf, backoff_at(now, backing_off))
+    usable = entry is not None and keys.vary_matches(entry, request)
+    assert decision.action in (Action.SERVE, Action.FETCH, Action.ERROR)
     assert decision.reason
     if decision.action is Action.SERVE:
         assert usable
     if not usable:
         assert decision.outcome is Outcome.MISS
     if offline:
-        assert decision.action in (Action.SERVE, Action.OFFLINE_MISS)
-    else:
-        assert decision.action is not Action.OFFLINE_MISS
+        assert decision.action in (Action.SERVE, Action.ERROR)
+        assert decision.action is not Action.ERROR or decision.status == 504
+    if decision.action is Action.ERROR:
+        assert not usable
+        assert decision.status == (504 if offline else 503)
+        assert offline or backing_off
     if decision.outcome is Outcome.STALE:
         assert offline or (backing_off and stale_on_error)
-    assert decision.probe == (decision.outcome is Outcome.STALE and not offline)
+    # In back-off, what the cache cannot answer fresh is answered at once and probed for in the background.
+    assert decision.probe == (
+        not offline and decision.outcome in (Outcome.STALE, Outcome.MISS) and backing_off
+    )
+    if backing_off and not offline:
+        assert decision.action is not Action.FETCH or (usable and not stale_on_error)
 
 
 def test_outcome_values_are_the_x_cache_values() -> None:
     assert {o.value for o in Outcome} == {"HIT", "MISS", "REVALIDATED", "STALE"}
 
 
-# on_failure
+# after the upstream answered, or failed
+
+REFUSED = policy.Failure("connection refused")
+TIMED_OUT = policy.Failure("timed out", timeout=True)
+ANSWERED_503 = policy.Failure("answered 503", status=503)
+
+
+@pytest.mark.parametrize(
+    ("entry", "conf", "failure", "expected"),
+    [
+        (
+            None,
+            SETTINGS,
+            REFUSED,
+            Decision(Action.ERROR, Outcome.MISS, "upstream connection refused", status=502),
+        ),
+        (
+            None,
+            OFFLINE,
+            REFUSED,
+            Decision(Action.ERROR, Outcome.MISS, "upstream connection refused", status=502),
+        ),
+        (
+            A,
+            NO_STALE,
+            REFUSED,
+            Decision(Action.ERROR, Outcome.MISS, "upstream connection refused", status=502),
+        ),
+        (None, SETTINGS, TIMED_OUT, Decision(Action.ERROR, Outcome.MISS, "upstream timed out", status=504)),
+        (None, SETTINGS, ANSWERED_503, Decision(Action.PASS, Outcome.MISS, "upstream answered 503")),
+        (A, NO_STALE, ANSWERED_503, Decision(Action.PASS, Outcome.MISS, "upstream answered 503")),
+        (A, SETTINGS, REFUSED, Decision(Action.SERVE, Outcome.STALE, "stale: upstream connection refused")),
+        (A, SETTINGS, TIMED_OUT, Decision(Action.SERVE, Outcome.STALE, "stale: upstream timed out")),
+        (A, SETTINGS, ANSWERED_503, Decision(Action.SERVE, Outcome.STALE, "stale: upstream answered 503")),
+        (
+            make_entry(status=404),
+            SETTINGS,
+            REFUSED,
+            Decision(Action.SERVE, Outcome.STALE, "stale: upstream connection refused"),
+        ),
+    ],
+)
+def test_on_failure(
+    entry: Entry | None, conf: settings.Settings, failure: policy.Failure, expected: Decision
+) -> None:
+    assert policy.on_failure(entry, failure, conf) == expected
 
 
 @pytest.mark.parametrize(
     ("entry", "conf", "expected"),
     [
-        (None, SETTINGS, None),
-        (None, OFFLINE, None),
-        (A, NO_STALE, None),
-        (A, SETTINGS, Decision(Action.SERVE, Outcome.STALE, "stale: upstream connection refused")),
+        (A, SETTINGS, Decision(Action.SERVE, Outcome.STALE, "stale: new body could not be held (disk full)")),
         (
-            make_entry(status=404),
+            A,
+            NO_STALE,
+            Decision(Action.ERROR, Outcome.MISS, "new body could not be held (disk full)", status=502),
+        ),
+        (
+            None,
             SETTINGS,
-            Decision(Action.SERVE, Outcome.STALE, "stale: upstream connection refused"),
+            Decision(Action.ERROR, Outcome.MISS, "new body could not be held (disk full)", status=502),
         ),
     ],
 )
-def test_on_failure(entry: Entry | None, conf: settings.Settings, expected: Decision | None) -> None:
-    assert policy.on_failure(entry, "connection refused", conf) == expected
+def test_on_unheld(entry: Entry | None, conf: settings.Settings, expected: Decision) -> None:
+    assert policy.on_unheld(entry, "disk full", conf) == expected
 
+
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (599, True),
+        (429, True),
+        (200, False),
+        (404, False),
+        (304, False),
+    ],
+)
+def test_is_failure(status: int, failure: bool) -> None:
+    assert policy.is_failure(status) is failure
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("method", "entry", "status", "headers", "length", "expected"),
+    [
+        ("GET", None, 503, {}, 10, policy.Answer(policy.Verdict.FAILED, "upstream answered 503")),
+        ("GET", A, 429, {}, 10, policy.Answer(policy.Verdict.FAILED, "upstream answered 429")),
+        ("GET", A, 304, {}, None, policy.Answer(policy.Verdict.NOT_MODIFIED, "revalidated: 304")),
+        # a 304 we did not ask for (no entry): passed on, never stored
+        (
+            "GET",
+            None,
+            304,
+            {},
+            None,
+            policy.Answer(policy.Verdict.NEW, "not stored: status 304", "not stored: status 304"),
+        ),
+        ("GET", None, 200, {}, 10, policy.Answer(policy.Verdict.NEW, "miss", None, buffer=True)),
+        ("GET", None, 200, {}, 2 * MIB, policy.Answer(policy.Verdict.NEW, "miss", None, buffer=False)),
+        ("GET", None, 200, {}, None, policy.Answer(policy.Verdict.NEW, "miss", None, buffer=False)),
+        # a new body for a stale entry is read whole (up to 8 MiB), so that a failure midway falls back
+        (
+            "GET",
+            A,
+            200,
+            {},
+            2 * MIB,
+            policy.Answer(policy.Verdict.NEW, "refreshed: entry was stale", None, True),
+        ),
+        (
+            "GET",
+            A,
+            200,
+            {},
+            None,
+            policy.Answer(policy.Verdict.NEW, "refreshed: entry was stale", None, True),
+        ),
+        (
+            "GET",
+            A,
+            200,
+            {},
+            9 * MIB,
+            policy.Answer(policy.Verdict.NEW, "refreshed: entry was stale", None, False),
+        ),
+        (
+            "HEAD",
+            None,
+            200,
+            {},
+            9 * MIB,
+            policy.Answer(policy.Verdict.NEW, "not stored: HEAD", "not stored: HEAD", True),
+        ),
+        (
+            "GET",
+            None,
+            200,
+            {"vary": "*"},
+            10,
+            policy.Answer(policy.Verdict.NEW, "not stored: Vary: *", "not stored: Vary: *", True),
+        ),
+        (
+            "GET",
+            None,
+            200,
+            {"cache-control": "private"},
+            10,
+            policy.Answer(
+                policy.Verdict.NEW,
+                "not stored: private answer to a request with x-auth-token",
+                "not stored: private answer to a request with x-auth-token",
+                True,
+            ),
+        ),
+    ],
+)
+def test_on_answer(
+    method: str,
+    entry: Entry | None,
+    status: int,
+    headers: dict[str, str],
+    length: int | None,
+    expected: policy.Answer,
+) -> None:
+    request = view(method=method, user_agent="pip/24", x_auth_token="t")
+    assert policy.on_answer(request, entry, status, headers, length, SETTINGS) == expected
 
 
 @pytest.mark.parametrize(
