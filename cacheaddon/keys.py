@@ -179,6 +179,15 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# A log line is one line: control characters (a NUL, a forged line break) are escaped, and an absurdly long
+# URL is cut.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOGGED_LENGTH = 2000
+
+
 def redact(url: str) -> str:
     """A URL fit for a log line: values of query parameters that look like credentials are masked."""
-    return _SECRET_PARAM.sub(r"\1***", url)
+    masked = _CONTROL.sub(lambda m: f"%{ord(m[0]):02X}", _SECRET_PARAM.sub(r"\1***", url))
+    if len(masked) > _LOGGED_LENGTH:
+        return f"{masked[:_LOGGED_LENGTH]}...({len(url)} characters)"
+    return masked

@@ -53,3 +53,22 @@ def test_the_secret_itself_never_survives() -> None:
     redacted = keys.redact(url)
     assert secret not in redacted
     assert redacted == f"https://r.example/pkg?_authToken=***&other={secret[:3]}&key=***"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h/simple/six/?\x00", "https://h/simple/six/?%00"),
+        ("https://h/p\r\nHIT 200 1 https://forged/", "https://h/p%0D%0AHIT 200 1 https://forged/"),
+        ("https://h/p?token=a\x7fb", "https://h/p?token=***"),
+    ],
+)
+def test_control_characters_are_escaped(url: str, expected: str) -> None:
+    assert keys.redact(url) == expected
+
+
+def test_an_absurdly_long_url_is_cut() -> None:
+    url = "https://h/" + "p" * 70_000
+    logged = keys.redact(url)
+    assert logged.startswith("https://h/ppp") and logged.endswith(f"...({len(url)} characters)")
+    assert len(logged) < 2100
