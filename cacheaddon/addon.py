@@ -10,8 +10,9 @@ upstream request itself (httpx, with connect and read timeouts) instead of letti
   * a fresh entry is answered from the cache without touching the upstream (HIT);
   * a stale entry is revalidated with its validators; 304 refreshes it (REVALIDATED); a new body replaces it;
   * any upstream failure (refused, DNS, TLS, no byte for cache_upstream_timeout seconds, 5xx, a body cut
-    short) is answered from the entry, however stale (STALE), and puts the host in back-off: for
-    cache_upstream_backoff seconds its stale entries are served at once while one background request probes;
+    short) is answered from the entry, however stale (STALE), and puts the origin in back-off: for
+    cache_upstream_backoff seconds its stale entries are served at once, and what is not cached is answered
+    503 at once, while one background request probes;
   * a miss is fetched and streamed to the client while it is written to the cache; it is stored only if it
     arrived whole.
   * what the cache cannot answer on a cached host (other methods, a Range of something not cached) is sent

@@ -23,7 +23,7 @@ from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
 from cacheaddon.policy import BUFFER_LIMIT, INLINE_LIMIT, Action, Answer, Decision, Failure, Outcome, Verdict
 from cacheaddon.relay import Job
-from cacheaddon.reply import Reply
+from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
 from cacheaddon.spool import Spool, Spooled
 from cacheaddon.store import Store, StoreError
@@ -107,12 +107,12 @@ class Fetcher:
         now = time.time()
         backoff = self.health.backoff(origin, now)
         if backoff is not None:
-            return _error(policy.unavailable(backoff, now), url)
+            return error(policy.unavailable(backoff, now), url)
         try:
             fetched = await self.client.open(request.method, url, request.headers, body)
         except UpstreamFailure as exc:
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
-            return _error(policy.on_failure(None, exc.failure, self.settings), url)
+            return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
@@ -318,7 +318,7 @@ def _carry_out(decision: Decision, url: str, passed: http.Response | None = None
     """A decision that needs no entry: our error page, or the upstream's own error answer passed on."""
     match decision.action:
         case Action.ERROR:
-            return _error(decision, url)
+            return error(decision, url)
         case Action.PASS:
             assert passed is not None
             return Reply(decision.outcome, decision.reason, passed)
@@ -326,10 +326,6 @@ def _carry_out(decision: Decision, url: str, passed: http.Response | None = None
             raise AssertionError(f"{decision.action} needs an entry or the upstream")
         case _:
             assert_never(decision.action)
-
-
-def _error(decision: Decision, url: str) -> Reply:
-    return Reply(decision.outcome, decision.reason, responses.error(decision.status, url, decision.reason))
 
 
 def _fields(fetched: httpx.Response) -> list[tuple[str, str]]:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-from cacheaddon.policy import Outcome
+from cacheaddon import responses
+from cacheaddon.policy import Decision, Outcome
 from cacheaddon.relay import Job
 
 
@@ -23,3 +24,8 @@ class Reply:
         """Releases what an unused reply holds: its open file, or its upstream stream."""
         if self.job is not None:
             await self.job.aclose()
+
+
+def error(decision: Decision, url: str) -> Reply:
+    """Our error page for an ERROR decision, naming the URL and the reason."""
+    return Reply(decision.outcome, decision.reason, responses.error(decision.status, url, decision.reason))

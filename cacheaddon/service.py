@@ -21,7 +21,7 @@ from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
 from cacheaddon.policy import INLINE_LIMIT, Action, Decision, Outcome
 from cacheaddon.relay import Job
-from cacheaddon.reply import Reply
+from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
 from cacheaddon.store import Body, Store, StoreError
 from cacheaddon.upstream import UpstreamClient
@@ -94,7 +94,7 @@ class CacheService:
             case Action.ERROR:
                 if self.settings.offline:
                     logger.warning("offline: %s is not in the cache", redact(url))
-                return _error(decision, url)
+                return error(decision, url)
             case Action.PASS:
                 raise AssertionError("decide() never passes an answer on")
             case _:
@@ -115,7 +115,7 @@ class CacheService:
     async def _answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         """The reply as if nothing were cached (the entry's body turned out gone or corrupt)."""
         if self.settings.offline:
-            return _error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
+            return error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
         return await self._fetch(request, url, origin, key, None)
 
     async def _probe(
@@ -209,10 +209,6 @@ class CacheService:
         fields.append(("Content-Length", str(last - first + 1)))
         job = Job(206, "Partial Content", fields, file=body.file, offset=first, length=last - first + 1)
         return Reply(outcome, detail, job=job)
-
-
-def _error(decision: Decision, url: str) -> Reply:
-    return Reply(decision.outcome, decision.reason, responses.error(decision.status, url, decision.reason))
 
 
 def _close(pre: Body | BinaryIO | None | bool) -> None:
