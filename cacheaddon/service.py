@@ -78,8 +78,6 @@ class CacheService:
         ranged = "range" in request.headers and not whole_documents
         if ranged and decision.action is Action.FETCH and entry is None:
             return await self.forward(request, url, origin, None, _RANGE_MISS)
-        if decision.probe and self.health.start_probe(origin):
-            tasks.spawn(self._probe(request, url, origin, key, entry))
         match decision.action:
             case Action.SERVE:
                 assert entry is not None
@@ -88,12 +86,14 @@ class CacheService:
                     if ranged and not self.settings.offline:
                         return await self.forward(request, url, origin, None, _RANGE_MISS)
                     return await self._answer_without(request, url, origin, key)
+                self._maybe_probe(decision, request, url, origin, key, entry)
                 return reply
             case Action.FETCH:
                 return await self._fetch(request, url, origin, key, entry)
             case Action.ERROR:
                 if self.settings.offline:
                     logger.warning("offline: %s is not in the cache", redact(url))
+                self._maybe_probe(decision, request, url, origin, key, None)
                 return error(decision, url)
             case Action.PASS:
                 raise AssertionError("decide() never passes an answer on")
@@ -117,6 +117,12 @@ class CacheService:
         if self.settings.offline:
             return error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
         return await self._fetch(request, url, origin, key, None)
+
+    def _maybe_probe(
+        self, decision: Decision, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+    ) -> None:
+        if decision.probe and self.health.start_probe(origin):
+            tasks.spawn(self._probe(request, url, origin, key, entry))
 
     async def _probe(
         self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
