@@ -63,8 +63,9 @@ async def handle(flow: http.HTTPFlow, settings: Settings, service: CacheService)
     except Exception as exc:
         client_error = isinstance(exc, _CLIENT_ERRORS)
         status, detail = (400, BAD_TARGET) if client_error else (502, "internal error")
+        said = redact(str(exc))[:300]  # one line, whatever the exception carries
         logger.error(
-            "%s %s answered %d: %s: %s", flow.request.method, redact(url), status, type(exc).__name__, exc
+            "%s %s answered %d: %s: %s", flow.request.method, redact(url), status, type(exc).__name__, said
         )
         return Handled(url, Reply(Outcome.MISS, detail, responses.error(status, redact(url), detail)))
 
