@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar, assert_never
 
@@ -25,8 +25,10 @@ from cacheaddon.policy import BUFFER_LIMIT, INLINE_LIMIT, Action, Answer, Decisi
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
+from cacheaddon.singleflight import ALONE, Flight, Growing, Head, Kind, Landing
 from cacheaddon.spool import Spool, Spooled
 from cacheaddon.store import Store, StoreError
+from cacheaddon.streaming import Pump
 from cacheaddon.upstream import UpstreamClient, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
@@ -71,30 +73,39 @@ class Fetcher:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        flight: Flight | None = None,
     ) -> Reply:
-        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may."""
+        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may.
+        What joiners of `flight` may share of it is published there (singleflight.py)."""
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         headers.update(conditional.conditional_headers(entry))
         try:
             fetched = await self.client.open(request.method, url, headers)
         except UpstreamFailure as exc:
-            return await self._failed(exc.failure, request, url, origin, entry)
+            return await self._failed(exc.failure, request, url, origin, entry, flight)
+        if flight is not None:
+            flight.touch()
         length = expected_length(fetched)
         answer = policy.on_answer(request, entry, fetched.status_code, fetched.headers, length, self.settings)
         match answer.verdict:
             case Verdict.FAILED:
-                return await self._failed_answer(fetched, request, url, origin, entry)
+                return await self._failed_answer(fetched, request, url, origin, entry, flight)
             case Verdict.NOT_MODIFIED:
                 assert entry is not None
                 self.health.succeeded(origin)
-                return await self._refreshed(fetched, answer, request, url, origin, key, entry)
+                return await self._refreshed(fetched, answer, request, url, origin, key, entry, flight)
             case Verdict.NEW:
                 self.health.succeeded(origin)
                 if answer.buffer:
-                    return await self._buffered(fetched, answer, request, url, origin, key, entry)
-                return self._streamed(fetched, answer, request, origin, key)
+                    return await self._buffered(fetched, answer, request, url, origin, key, entry, flight)
+                return self._streamed(fetched, answer, request, origin, key, flight)
             case _:
                 assert_never(answer.verdict)
 
@@ -132,11 +143,27 @@ class Fetcher:
         url: str,
         origin: str,
         entry: Entry | None,
+        flight: Flight | None,
         passed: http.Response | None = None,
     ) -> Reply:
-        """The upstream failed (passed: its own error answer, if any): the stale entry, or the error."""
+        """The upstream failed (passed: its own error answer, if any): the stale entry, or the error; the
+        same for every joiner of the flight."""
+        self.health.failed(origin, time.time(), self.settings.upstream_backoff)
+        if flight is not None:
+            shared = passed.copy() if passed is not None else None
+            flight.land(Landing(Kind.FAILED, detail=failure.reason, failure=failure, passed=shared))
+        return await self.failed(failure, request, url, entry, passed)
+
+    async def failed(
+        self,
+        failure: Failure,
+        request: RequestView,
+        url: str,
+        entry: Entry | None,
+        passed: http.Response | None = None,
+    ) -> Reply:
+        """The answer to a request whose upstream failed: the stale entry, or the error."""
         now = time.time()
-        self.health.failed(origin, now, self.settings.upstream_backoff)
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
             logger.warning("upstream failed for %s (%s)", redact(url), failure.reason)
@@ -147,7 +174,13 @@ class Fetcher:
         return _carry_out(decision, url, passed)
 
     async def _failed_answer(
-        self, fetched: httpx.Response, request: RequestView, url: str, origin: str, entry: Entry | None
+        self,
+        fetched: httpx.Response,
+        request: RequestView,
+        url: str,
+        origin: str,
+        entry: Entry | None,
+        flight: Flight | None,
     ) -> Reply:
         """A 5xx or 429: an outage, whose own answer (its first 64 KiB) is passed on when nothing stale is."""
         body = b""
@@ -164,7 +197,7 @@ class Fetcher:
         detail = f"upstream {failure.reason}"
         fields = [*responses.live_headers(_fields(fetched)), *responses.cache_fields(Outcome.MISS, detail)]
         passed = responses.make(fetched.status_code, fetched.reason_phrase, fields, body[:_ERROR_BODY_LIMIT])
-        return await self._failed(failure, request, url, origin, entry, passed)
+        return await self._failed(failure, request, url, origin, entry, flight, passed)
 
     async def _refreshed(
         self,
@@ -175,6 +208,7 @@ class Fetcher:
         origin: str,
         key: Keys,
         entry: Entry,
+        flight: Flight | None,
     ) -> Reply:
         """A 304 to our validators: the entry, with the 304's fields and a new age, is stored and served."""
         await fetched.aclose()
@@ -186,7 +220,11 @@ class Fetcher:
             logger.warning("could not update the cache record of %s: %s", redact(fresh.url), exc)
         decision = Decision(Action.SERVE, Outcome.REVALIDATED, answer.reason)
         reply = await self.serve(fresh, decision, request, now)
-        return reply or await self.fetch(request, url, origin, key, None)
+        if reply is None:  # the body is gone: fetched whole, for the joiners too
+            return await self.fetch(request, url, origin, key, None, flight)
+        if flight is not None:
+            flight.land(Landing(Kind.STORED, fresh, Outcome.REVALIDATED, answer.reason))
+        return reply
 
     def _new_entry(self, request: RequestView, fetched: httpx.Response, body: Spooled) -> Entry:
         names = keys.vary_names(fetched.headers.get("vary", "")) or ()
@@ -210,6 +248,7 @@ class Fetcher:
         origin: str,
         key: Keys,
         entry: Entry | None,
+        flight: Flight | None,
     ) -> Reply:
         """Reads the whole body before answering, so that a failure midway can still fall back to stale."""
         # In memory up to BUFFER_LIMIT, so that a full disk does not cost the client its answer; a larger body
@@ -221,13 +260,17 @@ class Fetcher:
                 await spool.write(chunk)
                 if spool.unusable:  # too large, or the disk failed: no use reading on
                     break
+                if flight is not None:
+                    flight.touch()
         except UpstreamFailure as exc:
             await spool.abort()
-            return await self._failed(exc.failure, request, url, origin, entry)
+            return await self._failed(exc.failure, request, url, origin, entry, flight)
         finally:
             await fetched.aclose()
         body = await spool.finish()
         if body is None:  # the upstream is fine, but its answer could not be held to be served
+            if flight is not None:
+                flight.land(ALONE)
             decision = policy.on_unheld(entry, spool.unusable, self.settings)
             logger.warning("%s: new body could not be held (%s)", redact(url), spool.unusable)
             if decision.action is Action.SERVE and entry is not None:
@@ -246,6 +289,8 @@ class Fetcher:
         if body.data is not None:
             if why_not is None:
                 await self.ingest.commit(stored_key, new, body.data)
+            _land_stored(flight, new if why_not is None else None, outcome, detail)
+            if why_not is None:
                 if conditional.client_has_current(new, request):
                     return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
@@ -264,54 +309,74 @@ class Fetcher:
             await self.ingest.commit(stored_key, new, body.path)
         else:
             await self._disk(self.store.discard, body.path)
+        _land_stored(flight, new if why_not is None else None, outcome, detail)
         served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
         return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
 
     def _streamed(
-        self, fetched: httpx.Response, answer: Answer, request: RequestView, origin: str, key: Keys
+        self,
+        fetched: httpx.Response,
+        answer: Answer,
+        request: RequestView,
+        origin: str,
+        key: Keys,
+        flight: Flight | None,
     ) -> Reply:
-        """Streams a large body to the client while it is written to the cache: stored only if whole."""
-        size_limit = 0 if answer.why_not else self.settings.max_object_size
-        spool = Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, size_limit)
+        """Streams a large body to the client while it is written to the cache: stored only if whole. Joiners
+        of the flight read the spool's file as it grows (streaming.py)."""
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
         served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason)]
         length = expected_length(fetched)
         if length is not None:
             served.append(("Content-Length", str(length)))
+        growing = Growing(length) if flight is not None and answer.why_not is None else None
+        open_file = self.store.new_body_file
+        if growing is not None:
+            # Written to a file from the first byte, which joiners read; the descriptor is opened with it.
+            def open_file() -> tuple[BinaryIO, str]:
+                file, path = self.store.new_body_file()
+                growing.opened(path)
+                return file, path
 
-        async def tee() -> AsyncIterator[bytes]:
-            # The last chunk is held back until the body is committed: a client that has the whole body
-            # and asks again at once gets it from the cache.
-            done, pending = False, b""
-            try:
-                try:
-                    async for chunk in raw_chunks(fetched):
-                        await spool.write(chunk)
-                        if pending:
-                            yield pending
-                        pending = chunk
-                except UpstreamFailure:
-                    # Too late for a stale answer, but the next requests should not each wait on this origin.
-                    self.health.failed(origin, time.time(), self.settings.upstream_backoff)
-                    raise
-                body = await spool.finish()
-                done = True
-                if body is not None and answer.why_not is None:
-                    new = self._new_entry(request, fetched, body)
-                    await self.ingest.commit(
-                        key.for_response(new.header("content-encoding")),
-                        new,
-                        body.data if body.data is not None else str(body.path),
-                    )
-                if pending:
-                    yield pending
-            finally:
-                if not done:
-                    await spool.abort()
-                await fetched.aclose()
+        spool = Spool(
+            INLINE_LIMIT if growing is None else 0,
+            open_file,
+            self.pool,
+            0 if answer.why_not else self.settings.max_object_size,
+            growing.grew if growing is not None else None,
+        )
 
-        job = Job(fetched.status_code, fetched.reason_phrase, served, stream=tee(), on_close=fetched.aclose)
+        async def commit(body: Spooled) -> Entry | None:
+            if answer.why_not is not None:
+                return None
+            new = self._new_entry(request, fetched, body)
+            stored = body.data if body.data is not None else str(body.path)
+            await self.ingest.commit(key.for_response(new.header("content-encoding")), new, stored)
+            return new
+
+        def failed(exc: UpstreamFailure) -> None:
+            # Too late for a stale answer, but the next requests should not each wait on this origin.
+            self.health.failed(origin, time.time(), self.settings.upstream_backoff)
+
+        pump = Pump(raw_chunks(fetched), spool, commit, failed, fetched.aclose, flight, growing)
+        if flight is not None and growing is not None:
+            names = keys.vary_names(fetched.headers.get("vary", "")) or ()
+            fields = responses.storable_headers(_fields(fetched))  # no Set-Cookie: not the joiners'
+            vary = keys.vary_values(names, request, self.store.salt)
+            head = Head(fetched.status_code, fetched.reason_phrase, fields, length, vary, answer.reason)
+            flight.publish(head, growing)
+        elif flight is not None:
+            flight.land(Landing(Kind.ALONE, detail=answer.why_not or ""))
+        job = Job(
+            fetched.status_code, fetched.reason_phrase, served, stream=pump.owner(), on_close=pump.owner_left
+        )
         return Reply(Outcome.MISS, answer.reason, job=job)
+
+
+def _land_stored(flight: Flight | None, stored: Entry | None, outcome: Outcome, detail: str) -> None:
+    """Joiners serve what was stored from the store; what was not, they fetch themselves."""
+    if flight is not None:
+        flight.land(Landing(Kind.STORED, stored, outcome, detail) if stored is not None else ALONE)
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar, assert_never
 
 from cacheaddon import conditional, keys, policy, responses, rewrite, tasks
+from cacheaddon.cooperation import Cooperation
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher
 from cacheaddon.health import HostHealth
@@ -49,6 +50,7 @@ class CacheService:
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
         self.fetcher = Fetcher(settings, store, client, health, Ingest(store, pools), pools, self._serve)
+        self.cooperation = Cooperation(settings, store, self.fetcher, self._serve, pools)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -109,8 +111,16 @@ class CacheService:
     async def _fetch(
         self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
     ) -> Reply:
-        """The one place where a miss or a revalidation of a cache key goes upstream."""
-        return await self.fetcher.fetch(request, url, origin, key, entry)
+        """The one place where a miss or a revalidation of a cache key goes upstream: once, however many
+        clients of however many processes ask for it at the same time (cooperation.py)."""
+        return await self.cooperation.fetch(
+            request,
+            url,
+            origin,
+            key,
+            entry,
+            lambda flight: self.fetcher.fetch(request, url, origin, key, entry, flight),
+        )
 
     async def _answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         """The reply as if nothing were cached (the entry's body turned out gone or corrupt)."""

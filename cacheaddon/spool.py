@@ -35,10 +35,14 @@ class Spool:
         open_file: Callable[[], tuple[BinaryIO, str]],
         pool: ThreadPoolExecutor,
         size_limit: int,
+        on_flush: Callable[[int], None] | None = None,
     ) -> None:
         self._memory_limit, self._size_limit = memory_limit, size_limit
         self._open_file = open_file  # called only once the body outgrows memory
         self._pool = pool
+        # Told how many bytes the file holds after each write: readers of a shared download may read that far.
+        self._on_flush = on_flush
+        self.flushed = 0
         self._buffer: list[bytes] = []
         self._hash = hashlib.sha256()
         self._queue: asyncio.Queue[bytes | None] | None = None
@@ -72,9 +76,12 @@ class Spool:
         try:
             file, self.path = await loop.run_in_executor(self._pool, self._open_file)
             self._file = file
-            await loop.run_in_executor(self._pool, file.write, already_hashed)
+            if already_hashed:
+                await loop.run_in_executor(self._pool, self._write, already_hashed)
+                self._flushed(len(already_hashed))
             while (chunk := await self._queue.get()) is not None:
                 await loop.run_in_executor(self._pool, self._hash_and_write, chunk)
+                self._flushed(len(chunk))
         except Exception as exc:  # ENOSPC, EIO, a StoreError from open_file
             logger.warning("cannot write to the cache (%s): this download is passed on but not stored", exc)
             self.unusable = f"cache write failed: {exc}"
@@ -83,8 +90,17 @@ class Spool:
 
     def _hash_and_write(self, chunk: bytes) -> None:
         self._hash.update(chunk)
+        self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
         assert self._file is not None
         self._file.write(chunk)
+        self._file.flush()  # what on_flush reports must be in the file, for readers of another descriptor
+
+    def _flushed(self, size: int) -> None:
+        self.flushed += size
+        if self._on_flush is not None and not self.unusable:
+            self._on_flush(self.flushed)
 
     async def finish(self) -> Spooled | None:
         """The complete body, or None when it could not be kept."""

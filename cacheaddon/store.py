@@ -221,8 +221,7 @@ class Store:
         path): a checked Body when that is cheap (bytes from the database, or a large file already verified
         and unchanged: the relay hashes it again while sending), else the open file, for check_body in the
         I/O pool."""
-        found = [e for e in map(self.get, keys) if e is not None]
-        entry = max(found, key=lambda e: e.stored_at, default=None)
+        entry = self.newest(keys)
         if entry is None:
             return None, None
         value = self.open_body(entry)
@@ -233,6 +232,11 @@ class Store:
         if entry.size > inline_limit and self._known_good(entry, value):
             return entry, Body(None, value, entry.size)
         return entry, value
+
+    def newest(self, keys: tuple[str, ...]) -> Entry | None:
+        """The newest record found under `keys`."""
+        found = [e for e in map(self.get, keys) if e is not None]
+        return max(found, key=lambda e: e.stored_at, default=None)
 
     def _known_good(self, entry: Entry, handle: BinaryIO) -> bool:
         st = os.fstat(handle.fileno())
