@@ -5,11 +5,12 @@ A lease is a file cache_dir/flights/<name>.lease created with O_CREAT|O_EXCL (at
 holding the holder's pid, host, start time and a token; its mtime is renewed while the download runs, and it
 is removed when the flight lands. Once the body streams, the holder announces it next to the lease
 (<name>.<token>.head: the temporary file's path, the expected length and the response head), written to a
-temporary name and renamed, so a reader never sees half of it.
+temporary name and renamed, so a reader never sees half of it. A lease is told from another by its token
+(inode numbers are reused at once).
 
 A lease expires when its holder is known dead (its pid gone on this host) or was not renewed for STALE_AFTER
 seconds. Taking over is atomic too: the dead lease is renamed aside (only if it is still the one judged
-dead: same inode, same mtime), then a new one is created with O_EXCL. The decisions are pure (`judge`, with
+dead: same token, same mtime), then a new one is created with O_EXCL. The decisions are pure (`judge`, with
 `now` passed in); the rest is file I/O, meant for a worker thread. Leases only save downloads: correctness
 never rests on them (bodies are committed atomically and checked by sha256), so a lost race costs at most a
 second download.
@@ -63,7 +64,6 @@ class Seen:
 
     holder: Holder
     renewed: float  # mtime
-    inode: int
     alive: bool | None  # the holder's pid is running (None: not on this host, or not known)
 
 
@@ -73,7 +73,6 @@ class Lease:
 
     name: str
     holder: Holder
-    inode: int
 
 
 class Verdict(enum.Enum):
@@ -150,24 +149,21 @@ class Leases:
                     return seen
         else:
             seen = self.look(name)
-            return seen if seen is not None else Seen(Holder(), time.time(), 0, None)
+            return seen if seen is not None else Seen(Holder(), time.time(), None)
         try:
             os.write(fd, json.dumps(holder.to_json()).encode())
-            inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        return Lease(name, holder, inode)
+        return Lease(name, holder)
 
     def look(self, name: str) -> Seen | None:
         """The lease on `name` as it is now; None when there is none."""
-        try:
-            with open(self._path(name), "rb") as f:
-                st = os.fstat(f.fileno())
-                holder = Holder.parse(f.read(4096))
-        except FileNotFoundError:
+        found = _read(self._path(name))
+        if found is None:
             return None
+        holder, mtime = found
         alive = pid_alive(holder.pid) if holder.host == self.host and holder.pid else None
-        return Seen(holder, st.st_mtime, st.st_ino, alive)
+        return Seen(holder, mtime, alive)
 
     def take_over(self, name: str, dead: Seen) -> Lease | Seen | None:
         """Replaces a lease judged dead by ours. None when it was gone already (acquire again); another
@@ -179,8 +175,7 @@ class Leases:
         except FileNotFoundError:
             return None
         try:
-            st = os.stat(aside)
-            if (st.st_ino, st.st_mtime) != (dead.inode, dead.renewed):
+            if _read(aside) != (dead.holder, dead.renewed):
                 # Not the lease we judged: a new holder's, or renewed since. Put it back (link fails if yet
                 # another lease was created meanwhile: then that one stands).
                 try:
@@ -198,9 +193,10 @@ class Leases:
     def renew(self, lease: Lease) -> bool:
         """Marks the lease alive; False when it is no longer ours (taken over)."""
         path = self._path(lease.name)
+        found = _read(path)
+        if found is None or found[0] != lease.holder:
+            return False
         try:
-            if os.stat(path).st_ino != lease.inode:
-                return False
             os.utime(path)
         except FileNotFoundError:
             return False
@@ -216,7 +212,8 @@ class Leases:
         except FileNotFoundError:
             return
         try:
-            if os.stat(aside).st_ino != lease.inode:
+            found = _read(aside)
+            if found is not None and found[0] != lease.holder:
                 try:
                     os.link(aside, path)
                 except FileExistsError:
@@ -239,6 +236,16 @@ class Leases:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def _read(path: Path) -> tuple[Holder, float] | None:
+    """The holder a lease file names, and its mtime; None when there is no such file."""
+    try:
+        with open(path, "rb") as f:
+            mtime = os.fstat(f.fileno()).st_mtime
+            return Holder.parse(f.read(4096)), mtime
+    except FileNotFoundError:
+        return None
 
 
 def _unlink(path: Path) -> None:
