@@ -335,7 +335,12 @@ class Fetcher:
             # Written to a file from the first byte, which joiners read; the descriptor is opened with it.
             def open_file() -> tuple[BinaryIO, str]:
                 file, path = self.store.new_body_file()
-                growing.opened(path)
+                try:
+                    growing.opened(path)
+                except OSError:
+                    file.close()
+                    self.store.discard(path)
+                    raise
                 return file, path
 
         spool = Spool(

@@ -21,6 +21,7 @@ import enum
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,7 @@ class Growing:
         self.readers = 0
         self.on_idle: Callable[[], None] | None = None  # the last reader left
         self._event = asyncio.Event()
+        self._lock = threading.Lock()  # the descriptor is opened in a worker thread, closed in the loop
 
     @property
     def ended(self) -> bool:
@@ -126,7 +128,12 @@ class Growing:
     def opened(self, path: str) -> None:
         """The source's file exists at `path` (may run in a worker thread: it opens before any byte is
         reported, and the descriptor outlives the file's rename or removal)."""
-        self.fd, self.path = os.open(path, os.O_RDONLY), path
+        fd = os.open(path, os.O_RDONLY)
+        with self._lock:
+            if self.ended:  # given up while the file was being made
+                os.close(fd)
+                return
+            self.fd, self.path = fd, path
 
     def grew(self, available: int) -> None:
         if available > self.available and not self.ended:
@@ -150,9 +157,10 @@ class Growing:
         self._event = asyncio.Event()
 
     def _release(self) -> None:
-        if self.ended and self.readers == 0 and self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
+        with self._lock:
+            if self.ended and self.readers == 0 and self.fd is not None:
+                fd, self.fd = self.fd, None
+                os.close(fd)
 
     def reader(self) -> Reader:
         return Reader(self)

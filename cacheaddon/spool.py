@@ -74,7 +74,12 @@ class Spool:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         try:
-            file, self.path = await loop.run_in_executor(self._pool, self._open_file)
+            opening = loop.run_in_executor(self._pool, self._open_file)
+            try:
+                file, self.path = await asyncio.shield(opening)
+            except asyncio.CancelledError:  # aborted while the file was being made: remove it once it is
+                opening.add_done_callback(_discard_opened)
+                raise
             self._file = file
             if already_hashed:
                 await loop.run_in_executor(self._pool, self._write, already_hashed)
@@ -138,6 +143,11 @@ class Spool:
         file, path, self._file, self.path = self._file, self.path, None, None
         if file is not None or path is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, _close_and_unlink, file, path)
+
+
+def _discard_opened(opening: asyncio.Future[tuple[BinaryIO, str]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        _close_and_unlink(*opening.result())
 
 
 def _close_and_unlink(file: BinaryIO | None, path: str | None) -> None:

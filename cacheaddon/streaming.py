@@ -47,7 +47,7 @@ class Pump:
         self._flight, self._growing = flight, growing
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_OWNER_QUEUE)
         self._owner_here = True
-        self._finishing = False  # the upstream body is complete: committing it is never cancelled
+        self._ending = False  # the upstream body ended (whole or not): what follows is never cancelled
         if growing is not None:
             growing.on_idle = self._maybe_stop
         self._task = tasks.spawn(self._run())
@@ -73,11 +73,12 @@ class Pump:
                     if self._owner_here:
                         await self._queue.put(chunk)
             except UpstreamFailure as exc:
+                self._ending = True
                 self._on_failure(exc)
                 self._land(Landing(Kind.FAILED, detail=str(exc), failure=exc.failure))
                 await self._to_owner(exc)
                 return
-            self._finishing = True
+            self._ending = True
             body = await self._spool.finish()
             done = True
             entry = await self._commit(body) if body is not None else None
@@ -89,6 +90,7 @@ class Pump:
             self._land(ABANDONED)
             raise
         except Exception as exc:
+            self._ending = True
             logger.exception("a streamed download failed")
             self._land(ABANDONED)
             await self._to_owner(exc)
@@ -129,5 +131,5 @@ class Pump:
     def _maybe_stop(self) -> None:
         """Stops the download once no client reads it any more."""
         readers = self._growing.readers if self._growing is not None and not self._growing.ended else 0
-        if not self._owner_here and readers == 0 and not self._finishing and not self._task.done():
+        if not self._owner_here and readers == 0 and not self._ending and not self._task.done():
             self._task.cancel()
