@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-READ_CHUNK = 256 * 1024
+READ_CHUNK = 1024 * 1024
 
 
 class FlightBroken(Exception):
