@@ -178,10 +178,11 @@ def main() -> int:
     lone = rows[0][1]
     print(f"{args.clients} concurrent misses of one {size // 1024} KiB file, upstream latency "
           f"{args.latency * 1000:.0f} ms, median of {args.rounds} rounds (curl clients)\n")  # fmt: skip
-    print(f"| scenario | last client done | x lone client | upstream requests (max) | bodies identical |")
+    print("| scenario | last client done | x lone client | upstream requests (max) | bodies identical |")
     print("|---|---|---|---|---|")
     for name, median, asked, same in rows:
-        print(f"| {name} | {median * 1000:.0f} ms | {median / lone:.2f} | {asked} | {'yes' if same else 'NO'} |")
+        same_text = "yes" if same else "NO"
+        print(f"| {name} | {median * 1000:.0f} ms | {median / lone:.2f} | {asked} | {same_text} |")
     return 0 if ok else 1
 
 
