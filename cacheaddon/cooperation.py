@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, assert_never
+from typing import Any, assert_never
 
 from cacheaddon import keys, policy, responses, tasks
 from cacheaddon.entry import Entry
@@ -41,8 +41,6 @@ from cacheaddon.singleflight import ABANDONED, Flight, FlightBroken, Flights, Gr
 from cacheaddon.store import Store
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # The owner's "do the download" step: the fetcher's fetch, publishing into the flight (None: alone).
 Download = Callable[[Flight | None], Awaitable[Reply]]
@@ -78,12 +76,6 @@ class Cooperation:
                 "no downloads shared with other processes (cannot use %s): %s", store.directory, exc
             )
             self.leases = None
-
-    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
-
-    async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def fetch(
         self,
@@ -183,21 +175,21 @@ class Cooperation:
         name = lease_name(key.coded)
         deadline = time.monotonic() + self.stall
         waited = False
-        got: Lease | Seen | None = await self._disk(leases.acquire, name)
+        got: Lease | Seen | None = await tasks.run_in(self.pool, leases.acquire, name)
         while True:
             if isinstance(got, Lease):
                 if waited:  # the other process is done: check again before fetching
                     reply = await self._look_again(flight, request, key)
                     if reply is not None:
-                        await self._disk(leases.release, got)
+                        await tasks.run_in(self.pool, leases.release, got)
                         return reply
                 return await self._holding(flight, leases, got, download)
             if got is not None and judge(got, time.time()) is Verdict.EXPIRED:
-                got = await self._disk(leases.take_over, name, got)
+                got = await tasks.run_in(self.pool, leases.take_over, name, got)
                 waited = True
                 continue
             if got is not None:
-                announced = await self._disk(leases.announced, name, got.holder)
+                announced = await tasks.run_in(self.pool, leases.announced, name, got.holder)
                 if announced is not None:
                     reply = await self._follow(flight, leases, name, got, announced, request, key, download)
                     if reply is not None:
@@ -209,11 +201,11 @@ class Cooperation:
                 )
                 return await download(flight)
             await asyncio.sleep(POLL)
-            got = await self._disk(leases.acquire, name)
+            got = await tasks.run_in(self.pool, leases.acquire, name)
 
     async def _look_again(self, flight: Flight, request: RequestView, key: Keys) -> Reply | None:
         """The entry another process stored while we waited, if it is there, fresh and suits the request."""
-        entry = await self._db(self.store.newest, key.lookup_order())
+        entry = await tasks.run_in(self.db_pool, self.store.newest, key.lookup_order())
         if entry is None or not policy.is_fresh(entry, time.time(), self.settings):
             return None
         reply = await self._serve_stored(entry, request, Outcome.MISS, _BY_OTHER)
@@ -228,7 +220,7 @@ class Cooperation:
 
         def release() -> None:
             renewing.cancel()
-            tasks.spawn(self._disk(leases.release, lease))
+            tasks.spawn(tasks.run_in(self.pool, leases.release, lease))
 
         flight.on_land(release)
         reply = await download(flight)
@@ -239,7 +231,7 @@ class Cooperation:
     async def _renew(self, leases: Leases, lease: Lease) -> None:
         while True:
             await asyncio.sleep(RENEW_EVERY)
-            if not await self._disk(leases.renew, lease):
+            if not await tasks.run_in(self.pool, leases.renew, lease):
                 logger.warning("another process took over a download this one is still making")
                 return
 
@@ -252,7 +244,7 @@ class Cooperation:
         except FlightBroken:
             return
         if flight.landing is None and not body.ended:
-            await self._disk(leases.announce, lease, {"path": body.path, "head": head.to_json()})
+            await tasks.run_in(self.pool, leases.announce, lease, {"path": body.path, "head": head.to_json()})
 
     # following another process's download
 
@@ -274,7 +266,7 @@ class Cooperation:
             return None
         growing = Growing(head.length)
         try:
-            await self._disk(growing.opened, path)
+            await tasks.run_in(self.pool, growing.opened, path)
         except OSError:
             return None
         flight.publish(head, growing)
@@ -296,7 +288,7 @@ class Cooperation:
                     growing.grew(size)
                     flight.touch()
                     grown = time.monotonic()
-                now_seen = await self._disk(leases.look, name)
+                now_seen = await tasks.run_in(self.pool, leases.look, name)
                 if now_seen is None or now_seen.holder.token != seen.holder.token:
                     await self._released(flight, growing, key)
                 elif judge(now_seen, time.time()) is Verdict.EXPIRED:
@@ -308,7 +300,7 @@ class Cooperation:
             _broke(flight, growing, f"{type(exc).__name__}: {exc}")
 
     async def _released(self, flight: Flight, growing: Growing, key: Keys) -> None:
-        entry = await self._db(self.store.newest, key.lookup_order())
+        entry = await tasks.run_in(self.db_pool, self.store.newest, key.lookup_order())
         if growing.fd is None:
             return
         size = os.fstat(growing.fd).st_size
