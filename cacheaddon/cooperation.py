@@ -8,7 +8,7 @@ differ from the owner's, or of an answer that is not stored, fetches on its own.
 
 Across processes, the owner takes the key's lease before it asks the upstream (lock), and holds it until its
 flight lands. An owner that finds another process's lease follows that download instead: it streams the
-other's temporary file as it grows, holding back the last chunk until the entry is committed with the
+other's temporary file as it grows, holding back the last byte until the entry is committed with the
 sha256 of what it sent, or cuts the connection; or, for an answer read whole, it waits for the lease to go and
 looks again in the store (check again), and fetches only if the entry is not there (fetch, release). A lease
 whose holder died, or stopped renewing it, is taken over. Every wait is bounded: an owner that makes no

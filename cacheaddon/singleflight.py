@@ -6,8 +6,8 @@ owner's upstream failure as its own (the stale entry, or the error), fetch alone
 sharing), or try again (the flight broke off). While it runs, the owner may publish a body that grows in a
 file (Growing): joiners then stream it as it arrives, reading the file with os.pread on a descriptor the
 Growing holds open (it survives the temporary file's rename into the store). Each reader hashes what it sends
-and holds its last chunk back until the body is complete, then sends it only if the hash matches the
-owner's: a body that broke off, or that differs, reaches the client cut short, never complete-looking.
+and holds its last byte back until the body is complete, then sends it only if the hash matches the owner's:
+a body that broke off, or that differs, reaches the client cut short, never complete-looking.
 
 The seam: `Flights.run(key, own, join)` runs `own(flight)`, the owner's whole "do the download" step, and
 knows nothing of how it downloads: cooperation.py wraps it in a lease across processes, and a shared tier can
@@ -191,7 +191,7 @@ class Reader:
                 growing.on_idle()
 
     async def chunks(self, pool: ThreadPoolExecutor, stall: float) -> AsyncIterator[bytes]:
-        """The body as it grows; the last chunk only once it is complete and hashes to the owner's sha256."""
+        """The body as it grows; its last byte only once it is complete and hashes to the owner's sha256."""
         growing, loop = self.growing, asyncio.get_running_loop()
         digest, offset, pending = hashlib.sha256(), 0, b""
         try:
@@ -207,9 +207,10 @@ class Reader:
                     if not chunk:
                         raise FlightBroken("the body's file is shorter than reported")
                     offset += len(chunk)
-                    if pending:
-                        yield pending
-                    pending = chunk
+                    # Only the last byte read so far waits: the rest goes out as it arrives.
+                    ready, pending = pending + chunk[:-1], chunk[-1:]
+                    if ready:
+                        yield ready
                 elif growing.sha256 is not None:
                     break
                 else:
