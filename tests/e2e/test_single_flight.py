@@ -55,6 +55,7 @@ class Client(threading.Thread):
     ) -> None:
         super().__init__(daemon=True)
         self.proxy, self.url, self.start_line, self.leave_after = proxy, url, start, leave_after
+        self.headers: dict[str, str] = {}
         self.result = Result()
 
     @property
@@ -67,7 +68,7 @@ class Client(threading.Thread):
             if self.start_line is not None:
                 self.start_line.wait(WAIT)
             with httpx.Client(proxy=self.proxy.url, trust_env=False, timeout=WAIT) as client:
-                with client.stream("GET", self.url, headers=HEADERS) as response:
+                with client.stream("GET", self.url, headers=HEADERS | self.headers) as response:
                     result.status, result.x_cache = response.status_code, response.headers.get("x-cache", "")
                     result.detail = response.headers.get("x-cache-detail", "")
                     length = response.headers.get("content-length")
@@ -320,3 +321,36 @@ def test_a_killed_downloader_is_taken_over_by_the_other_process(
     status, headers, body = fetch(survivor, url)
     assert (status, sha256(body)) == (200, sha256(stall.data)), survivor.log_tail()
     assert asked(origin, "/files/killed-5m.tar.gz") == 2
+
+
+def test_clients_with_other_credentials_or_vary_fields_never_share(
+    origin: FakeOrigin, proxy_factory: ProxyFactory
+) -> None:
+    def personal(request: OriginRequest) -> OriginReply:
+        time.sleep(LATENCY)
+        who = f"{request.headers.get('authorization')}/{request.headers.get('x-flavour')}"
+        data = pattern_bytes(2 * 1024 * 1024, 9) + who.encode()
+        return OriginReply(200, headers={"Vary": "X-Flavour"}, chunks=lambda: iter([data]), length=len(data))
+
+    origin.routes["/files/personal.tar.gz"] = personal
+    proxy = proxy_factory(cache_hosts=[ORIGIN_IP])
+    url = f"{origin.url}/files/personal.tar.gz"
+    askers = [("Bearer a", "x"), ("Bearer a", "y"), ("Bearer b", "x"), ("Bearer b", "x")] * 2
+    start = threading.Barrier(len(askers))
+    clients = []
+    for token, flavour in askers:
+        client = Client(proxy, url, start)
+        client.headers = {"Authorization": token, "X-Flavour": flavour}
+        clients.append(client)
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(WAIT)
+    for client, (token, flavour) in zip(clients, askers, strict=True):
+        result = client.result
+        assert result.error is None, f"{result.error!r}\n{proxy.log_tail()}"
+        assert bytes(result.body).endswith(f"{token}/{flavour}".encode()), "another client's answer"
+    # Credentials a and b are two keys: one request each. Under a, the clients whose X-Flavour differs from
+    # the first answer's fetch on their own (together, if they meet in a flight of their own): one or two
+    # more.
+    assert 3 <= asked(origin, "/files/personal.tar.gz") <= 4
