@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, TypeVar, assert_never
 import httpx
 from mitmproxy import http
 
-from cacheaddon import conditional, keys, policy, responses
+from cacheaddon import conditional, keys, policy, responses, streaming
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -28,7 +28,6 @@ from cacheaddon.settings import Settings
 from cacheaddon.singleflight import ALONE, Flight, Growing, Head, Kind, Landing
 from cacheaddon.spool import Spool, Spooled
 from cacheaddon.store import Store, StoreError
-from cacheaddon.streaming import Pump
 from cacheaddon.upstream import UpstreamClient, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
@@ -330,25 +329,9 @@ class Fetcher:
         if length is not None:
             served.append(("Content-Length", str(length)))
         growing = Growing(length) if flight is not None and answer.why_not is None else None
-        open_file = self.store.new_body_file
-        if growing is not None:
-            # Written to a file from the first byte, which joiners read; the descriptor is opened with it.
-            def open_file() -> tuple[BinaryIO, str]:
-                file, path = self.store.new_body_file()
-                try:
-                    growing.opened(path)
-                except OSError:
-                    file.close()
-                    self.store.discard(path)
-                    raise
-                return file, path
-
-        spool = Spool(
-            INLINE_LIMIT if growing is None else 0,
-            open_file,
-            self.pool,
-            0 if answer.why_not else self.settings.max_object_size,
-            growing.grew if growing is not None else None,
+        size_limit = 0 if answer.why_not else self.settings.max_object_size
+        spool = streaming.spool(
+            INLINE_LIMIT, self.store.new_body_file, self.store.discard, self.pool, size_limit, growing
         )
 
         async def commit(body: Spooled) -> Entry | None:
@@ -363,7 +346,7 @@ class Fetcher:
             # Too late for a stale answer, but the next requests should not each wait on this origin.
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
 
-        pump = Pump(raw_chunks(fetched), spool, commit, failed, fetched.aclose, flight, growing)
+        pump = streaming.Pump(raw_chunks(fetched), spool, commit, failed, fetched.aclose, flight, growing)
         if flight is not None and growing is not None:
             names = keys.vary_names(fetched.headers.get("vary", "")) or ()
             fields = responses.storable_headers(_fields(fetched))  # no Set-Cookie: not the joiners'

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from cacheaddon import tasks
 from cacheaddon.entry import Entry
@@ -27,6 +29,33 @@ _OWNER_QUEUE = 4
 
 # Stores a complete body; the entry it was stored as, or None when it is not to be stored.
 Commit = Callable[[Spooled], Awaitable[Entry | None]]
+
+
+def spool(
+    memory_limit: int,
+    new_file: Callable[[], tuple[BinaryIO, str]],
+    discard: Callable[[str], None],
+    pool: ThreadPoolExecutor,
+    size_limit: int,
+    growing: Growing | None,
+) -> Spool:
+    """The spool of a streamed body; one that joiners read (growing) is written to a file from the first
+    byte, and the descriptor they read it with is opened with the file."""
+    if growing is None:
+        return Spool(memory_limit, new_file, pool, size_limit)
+    shared = growing
+
+    def open_file() -> tuple[BinaryIO, str]:
+        file, path = new_file()
+        try:
+            shared.opened(path)
+        except OSError:
+            file.close()
+            discard(path)
+            raise
+        return file, path
+
+    return Spool(0, open_file, pool, size_limit, growing.grew)
 
 
 class Pump:
