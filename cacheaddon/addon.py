@@ -35,7 +35,7 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, policy, responses, rewrite, settings, startup, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
@@ -77,7 +77,10 @@ def _client_ip(flow: http.HTTPFlow) -> str:
 
 
 class CacheAddon:
-    def __init__(self) -> None:
+    def __init__(self, stop_on_bad_options: bool = False) -> None:
+        # True for the instance `mitmdump -s` loads: a bad option value then stops the proxy (startup.py).
+        # `cacheaddon run` reports bad values itself, and tests want the OptionsError.
+        self.stop_on_bad_options = stop_on_bad_options
         self.settings: settings.Settings | None = None
         self.store: Store | None = None
         self.upstream: Upstream | None = None
@@ -99,8 +102,18 @@ class CacheAddon:
         self.relay.bind()
         for name, typespec, default, help_text in settings.OPTIONS:
             loader.add_option(name, typespec, default, help_text)
+        if self.stop_on_bad_options:
+            startup.apply_deferred(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as exc:
+            if self.stop_on_bad_options and not startup.is_running(ctx.master):
+                startup.stop(str(exc))
+            raise
+
+    def _configure(self, updated: set[str]) -> None:
         # Everything that can fail comes before any option is updated: an update re-enters configure, and
         # a failure there makes mitmproxy roll back, which re-enters it again, for ever.
         try:
@@ -166,6 +179,7 @@ class CacheAddon:
     # unloads while running (an async one would fail there, and the relay would never serve).
 
     def running(self) -> None:
+        startup.mark_running(ctx.master)
         tasks.spawn(self.relay.start())
 
     def done(self) -> None:
@@ -400,4 +414,5 @@ def _close_later(upstream: Upstream) -> None:
     tasks.spawn(upstream.aclose())
 
 
-addons = [CacheAddon()]
+# mitmproxy's script loader runs this file as module __mitmproxy_script__.addon.
+addons = [CacheAddon(stop_on_bad_options=__name__.startswith("__mitmproxy_script__"))]
