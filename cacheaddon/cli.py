@@ -169,6 +169,8 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
     from mitmproxy import exceptions, hooks
     from mitmproxy.tools.dump import DumpMaster
 
+    from cacheaddon import ports
+
     class CacheMaster(DumpMaster):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -190,6 +192,10 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
                 cast(Any, self.addons).invoke_addon_sync(self.cache_addon, hooks.ConfigureHook(every_option))
             except exceptions.OptionsError as e:
                 _fail("run", str(e))
+                sys.exit(1)
+            opts = cast(Any, self.options)
+            if busy := ports.busy_listener(opts.mode, opts.listen_host, opts.listen_port):
+                _fail("run", busy)
                 sys.exit(1)
             await super().run()
 

@@ -256,6 +256,29 @@ def test_run_refuses_eager_from_config_yaml(
     assert "connection_strategy must be lazy" in result.stderr
 
 
+@pytest.mark.parametrize("taken", ["forward", "registry"])
+def test_run_names_the_busy_port_and_its_mode(
+    tmp_path: Path, child_env: dict[str, str], standin: list[str], taken: str
+) -> None:
+    """mitmproxy's own message for a busy forward port suggests `--mode regular@PORT+2`, with the presets
+    the npm endpoint's port; ours names the port, the listener and the flag that moves it."""
+    forward, registry = _free_port(), _free_port()
+    busy = forward if taken == "forward" else registry
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", busy))
+        holder.listen()
+        args = ["run", "-p", str(forward), "--registry", f"npm@{registry}", "--set", f"confdir={tmp_path}"]
+        result = _run([*standin, *args], child_env, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "in use" in line]
+    assert line.startswith(f"cacheaddon run: port {busy} is already in use: ")
+    if taken == "forward":
+        assert "HTTP(S) proxy" in line and line.endswith("with -p PORT")
+    else:
+        assert "reverse proxy to https://registry.npmjs.org" in line and "--registry NAME@PORT" in line
+    assert "Try specifying" not in result.stdout + result.stderr
+
+
 def test_run_bad_mitmdump_flag(tmp_path: Path, child_env: dict[str, str], standin: list[str]) -> None:
     result = _run([*standin, "run", "--no-such-flag"], child_env, tmp_path)
     assert result.returncode != 0
