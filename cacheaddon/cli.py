@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
+from urllib.parse import urlsplit
 
-from cacheaddon import clientconfig, registries
+from cacheaddon import clientconfig, mitmca, registries
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
 
 AddonFactory = Callable[[], object]
 
-DEFAULT_PROXY = clientconfig.DEFAULT_PROXY
-DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default, so `env` finds the CA `run` created
-CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+DEFAULT_CONFDIR = mitmca.DEFAULT_CONFDIR  # mitmproxy's own default, so `env` and `run` share one CA
 BUNDLE_NAME = "cacheaddon-ca-bundle.pem"
 
 _LAZY_REASON = (
@@ -81,15 +82,30 @@ def _parser() -> _Parser:
     env = commands.add_parser("env", help="print shell lines that point clients at the proxy, for eval")
     env.add_argument(
         "--proxy",
-        default=DEFAULT_PROXY,
         metavar="URL",
-        help=f"the forward proxy's URL (default: {DEFAULT_PROXY})",
+        help="the forward proxy's URL (default: where `cacheaddon run` with the same confdir listens: "
+        "listen_host and listen_port of its config.yaml, else http://127.0.0.1:8080)",
+    )
+    env.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="confdir=DIR",
+        help="mitmproxy's confdir, spelled as for `cacheaddon run`; same as --confdir",
     )
     env.add_argument(
         "--confdir",
-        default=DEFAULT_CONFDIR,
         metavar="DIR",
-        help=f"mitmproxy's confdir, which holds its CA (default: {DEFAULT_CONFDIR})",
+        help=f"mitmproxy's confdir, which holds its CA; the CA is created there (with mitmproxy's own code) "
+        f"when there is none yet (default: {DEFAULT_CONFDIR})",
+    )
+    env.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="also wait up to SECONDS for the proxy to accept connections (exit 1 if it does not)",
     )
     env.add_argument(
         "--bundle",
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
         args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
         if args.command != "run" and rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "env":
+            args.confdir = _env_confdir(parser, args.confdir, args.settings)
     except SystemExit as e:  # --help, or a usage error already printed
         return _exit_status(e)
     if args.command == "run":
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)
-        return write_env(args.proxy, Path(args.confdir).expanduser(), args.bundle)
+        return write_env(args.proxy, args.confdir, args.bundle, args.wait)
     except BrokenPipeError:
         # The reader left early (`| head`); without this, flushing stdout at exit prints a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -226,6 +244,12 @@ def run_proxy(
     if dupes := sorted({p for p in ports if ports.count(p) > 1}):
         _fail("run", f"--registry: port {', '.join(dupes)} given to more than one registry")
         return 2
+    confdir = Path((_set_values(mitm_args, "confdir") or [DEFAULT_CONFDIR])[-1]).expanduser()
+    try:
+        mitmca.ensure_ca(confdir)  # before mitmproxy would, under the lock `cacheaddon env` takes too
+    except OSError as e:
+        _fail("run", f"cannot create mitmproxy's CA in {confdir}: {e}")
+        return 1
     if addon_factory is None:
         try:
             from cacheaddon.addon import CacheAddon
@@ -253,6 +277,21 @@ def run_proxy(
 
 
 # --- env ---
+
+
+def _env_confdir(parser: _Parser, confdir: str | None, settings: Sequence[str]) -> Path:
+    """The confdir from --confdir or `--set confdir=DIR` (the spelling `run` takes); no other --set."""
+    values = []
+    for spec in settings:
+        name, sep, value = spec.partition("=")
+        if name != "confdir" or not sep:
+            parser.error(f"--set: only confdir=DIR is read by env, got {spec!r}")
+        values.append(value)
+    if confdir is not None:
+        values.append(confdir)
+    if len(set(values)) > 1:
+        parser.error(f"--set confdir and --confdir disagree: {', '.join(values)}")
+    return Path(values[0] if values else DEFAULT_CONFDIR).expanduser()
 
 
 def _system_certificates(bundle: Path) -> tuple[list[str], str]:
@@ -295,23 +334,42 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
-    """Write the CA bundle and print the `export` lines for it and the proxy."""
+def _default_proxy(confdir: Path) -> str:
+    host, port = mitmca.listen_address(confdir)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _wait_for(proxy: str, seconds: float) -> bool:
+    """Whether the proxy accepts a TCP connection within `seconds` (sends nothing)."""
+    parts = urlsplit(proxy)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((parts.hostname or "", parts.port or 80), timeout=1).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def write_env(proxy: str | None, confdir: Path, bundle_arg: str | None, wait: float = 0) -> int:
+    """Write the CA bundle (creating mitmproxy's CA if the confdir has none) and print the `export` lines
+    for it and the proxy."""
     try:
+        proxy = proxy or _default_proxy(confdir)
         clientconfig.check_proxy_url(proxy)
-    except ValueError as e:
+    except ValueError as e:  # a bad --proxy, or a config.yaml mitmproxy refuses
         _fail("env", str(e))
         return 2
-    ca_path = confdir / CA_CERT_NAME
     bundle = (Path(bundle_arg).expanduser() if bundle_arg else confdir / BUNDLE_NAME).absolute()
     try:
-        mitm_certs = clientconfig.pem_certificates(ca_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        _fail(
-            "env",
-            f"no mitmproxy CA at {ca_path}: start the proxy once (cacheaddon run, same confdir) to create it",
-        )
+        ca_path = mitmca.ensure_ca(confdir)
+    except OSError as e:
+        _fail("env", f"cannot create mitmproxy's CA in {confdir}: {e}")
         return 1
+    try:
+        mitm_certs = clientconfig.pem_certificates(ca_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         _fail("env", f"cannot read the mitmproxy CA {ca_path}: {e}")
         return 1
@@ -326,6 +384,9 @@ def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
         _write_atomically(bundle, clientconfig.bundle_text(system_certs, mitm_certs))
     except OSError as e:
         _fail("env", f"cannot write the CA bundle {bundle}: {e}")
+        return 1
+    if wait > 0 and not _wait_for(proxy, wait):
+        _fail("env", f"the proxy at {proxy} accepted no connection within {wait:g} s")
         return 1
     # A comment ends at a newline, and the rest would be run by `eval`: escape any in the paths.
     comment = f"# CA bundle {bundle}: system CAs from {source} + {ca_path}"
