@@ -110,14 +110,15 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "cache_max_object_size",
         str,
         "100m",
-        "Largest response stored, with a k/m/g suffix; larger responses are passed on but not stored.",
+        "Largest response stored, with a k/m/g suffix, and never more than a quarter of cache_size_limit; "
+        "larger responses are passed on but not stored.",
     ),
     (
         "cache_size_limit",
         str,
         "10g",
-        "Total size of the cache on disk, in bytes or with a k/m/g suffix; least recently used entries are "
-        "evicted.",
+        "Total size of the cache on disk, in bytes or with a k/m/g suffix; after each store, least recently "
+        "used entries are evicted until the cache is back under it.",
     ),
     (
         "cache_allow_clients",
@@ -135,6 +136,10 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
 )
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
+
+# No object may take more than this share of cache_size_limit: one that large would evict most of the cache
+# (a 30 MiB file in a 20 MiB cache used to be stored, and the cache stayed 5x its limit).
+OBJECT_SHARE = 4
 
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
@@ -168,7 +173,7 @@ class Settings:
     upstream_backoff: int
     offline: bool
     hosts: tuple[HostPattern, ...]
-    max_object_size: int
+    max_object_size: int  # already capped at size_limit // OBJECT_SHARE
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
@@ -285,7 +290,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         upstream_backoff=_non_negative("cache_upstream_backoff", opts["cache_upstream_backoff"]),
         offline=bool(opts["cache_offline"]),
         hosts=tuple(parse_host("cache_hosts", h) for h in split_list(opts["cache_hosts"])),
-        max_object_size=max_size,
+        max_object_size=min(max_size, size_limit // OBJECT_SHARE),
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 _TMP = "tmp"
 _ORPHAN_AGE = 3600  # seconds; an older temporary file belongs to a writer that died
+# Left free below the size limit after each store: room for the rows and log pages the next store writes
+# before it shrinks the cache again.
+_HEADROOM = 256 * 1024
 
 
 class StoreError(Exception):
@@ -97,6 +100,7 @@ def _wrap(exc: BaseException, what: str) -> StoreError:
 class Store:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = directory
+        self.size_limit = size_limit
         try:
             # Private to the proxy's user: records hold URLs (with any token in their query) and private
             # answers. An existing directory keeps the mode its owner gave it.
@@ -108,6 +112,14 @@ class Store:
                 eviction_policy="least-recently-used",
                 disk=_Disk,
                 disk_min_file_size=64 * 1024,
+                # Eviction is ours (shrink): diskcache's own, ten least recently used rows per write once over
+                # the limit, took a body with the record written right after it.
+                cull_limit=0,
+                # The write-ahead log counts against the size limit (see shrink): checkpoint it at 1 MiB
+                # (SQLite's default is 4 MiB) and cut it back to that size afterwards (by default it stays at
+                # its largest).
+                sqlite_wal_autocheckpoint=256,
+                sqlite_journal_size_limit=1024 * 1024,
             )
             self.salt = _salt(directory)
             self._tmp = directory / _TMP
@@ -209,6 +221,46 @@ class Store:
             if isinstance(body, str):
                 self.discard(body)
         self.put_record(key, entry)
+        self.shrink()
+
+    def shrink(self) -> None:
+        """Evicts least recently used rows until the directory is under size_limit again, after each store.
+        diskcache's own eviction culls ten rows at a time (per write, and in Cache.cull()): too few for a
+        large body, and in a cache of a few large bodies the newest go with the oldest; its volume leaves out
+        the write-ahead log and our unfinished bodies, which count here. Rows go in access order, only as
+        many as the excess needs."""
+        try:
+            target = self.size_limit - _HEADROOM
+            while (excess := self._cache.volume() + self._unaccounted_size() - target) > 0:
+                victims, freed = [], 0
+                for key, size in self._least_recently_used(64):
+                    victims.append(key)
+                    freed += size
+                    if freed >= excess:
+                        break
+                if not victims:
+                    return
+                with self._cache.transact():
+                    for key in victims:
+                        self._cache.delete(key)
+        except Exception as exc:
+            raise _wrap(exc, "evicting entries") from exc
+
+    def _least_recently_used(self, count: int) -> list[tuple[str, int]]:
+        # diskcache has no public way to list keys by access time; this is the query its own cull runs for
+        # eviction_policy="least-recently-used" (on its Cache_access_time index).
+        rows = self._cache._sql("SELECT key, size FROM Cache ORDER BY access_time LIMIT ?", (count,))
+        return [(str(key), int(size)) for key, size in rows.fetchall()]
+
+    def _unaccounted_size(self) -> int:
+        total = 0
+        paths = [self.directory / "cache.db-wal", self.directory / "cache.db-shm", *self._tmp.iterdir()]
+        for path in paths:
+            try:
+                total += path.stat().st_size
+            except OSError:  # gone meanwhile
+                pass
+        return total
 
     def read_body(self, entry: Entry, inline_limit: int = 0) -> Body | None:
         """The entry's body, checked against its sha256; None (and the body dropped) when missing or corrupt.
