@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,7 +37,7 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, gate, responses, rewrite, settings, startup, tasks
+from cacheaddon import access, endpoint, gate, parent, responses, rewrite, settings, startup, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.keys import redact
 from cacheaddon.policy import Outcome
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 _META = "cacheaddon"  # flow.metadata key: {"url": original URL, "outcome": ..., "detail": ...}
 _UPSTREAM_OPTIONS = {
     "cache_upstream_timeout",
+    "cache_env_proxy",
+    "mode",
+    "upstream_auth",
     "ssl_insecure",
     "ssl_verify_upstream_trusted_ca",
     "ssl_verify_upstream_trusted_confdir",
@@ -103,9 +107,12 @@ class CacheAddon:
         # a failure there makes mitmproxy roll back, which re-enters it again, for ever.
         try:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
+            env = os.environ if new.env_proxy else None
+            parents = parent.routes(ctx.options.mode, getattr(ctx.options, "upstream_auth", None), env)
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        new = dataclasses.replace(new, hosts=new.hosts + endpoint.origin_hosts(list(ctx.options.mode)))
+        modes = list(ctx.options.mode)
+        new = dataclasses.replace(new, hosts=new.hosts + endpoint.origin_hosts(modes), parents=parents)
         if self.service is None or updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS | {"mode"}):
             self._build(new, updated)
         self._force_options()
@@ -131,7 +138,7 @@ class CacheAddon:
                 if store is not self.store:
                     store.close()
                 raise exceptions.OptionsError(f"ssl_verify_upstream_trusted_ca: {exc}") from None
-            client = UpstreamClient(new.upstream_timeout, verify)
+            client = UpstreamClient(new.upstream_timeout, verify, new.parents)
         if self.store is not None and store is not self.store:
             self.store.close()
         if self.client is not None and client is not self.client:
@@ -293,6 +300,8 @@ class CacheAddon:
             req.raw_content = b""
         req.headers = http.Headers(fields)
         req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, "/" + token
+        if flow.server_conn.via is not None:  # --mode upstream: the relay is ours, never the parent's
+            flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
 
     def _unrelay(self, flow: http.HTTPFlow, meta: dict[str, Any]) -> None:
         """The flow as the client sent it, for logs and other addons; and the relay's job released if the
@@ -310,6 +319,9 @@ class CacheAddon:
             return
         if meta.get("relay"):
             flow.response.stream = True
+            # The client's request again now that the relay answers, before mitmproxy logs the flow
+            # (flow_detail): its log must show what the client asked, never our internal loopback request.
+            self._unrelay(flow, meta)
         elif "x-cache" not in flow.response.headers:  # passed through: say so before any byte streams
             for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
                 flow.response.headers[name] = value

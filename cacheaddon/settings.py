@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cacheaddon.parent import Route
+
 # The public registries' hosts: what a build host typically needs cached.
 DEFAULT_HOSTS = (
     "pypi.org",
@@ -121,6 +123,14 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "used entries are evicted until the cache is back under it.",
     ),
     (
+        "cache_env_proxy",
+        bool,
+        False,
+        "Send the cache's own upstream requests through the proxy that this process's HTTPS_PROXY, "
+        "HTTP_PROXY or ALL_PROXY names, except for hosts in NO_PROXY. mitmproxy's --mode upstream:URL, when "
+        "given, is used instead, for every request.",
+    ),
+    (
         "cache_allow_clients",
         Sequence[str],
         list(DEFAULT_ALLOW_CLIENTS),
@@ -177,6 +187,8 @@ class Settings:
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
+    env_proxy: bool = False
+    parents: tuple[Route, ...] = ()  # parent proxies for the cache's own requests, from mitmproxy's options
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -294,6 +306,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
+        env_proxy=bool(opts["cache_env_proxy"]),
     )
 
 
