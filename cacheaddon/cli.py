@@ -193,8 +193,10 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             # Set as values before the command line and config.yaml are read, so both can override them:
-            # a proxy for all interfaces would be an open proxy, and eager defeats the cache (checked below).
-            self.options.set("listen_host=127.0.0.1", "connection_strategy=lazy")
+            # a proxy for all interfaces would be an open proxy, and eager defeats the cache (checked below);
+            # the addon logs one line per request, so mitmproxy's own per-flow lines only on request
+            # (--set flow_detail=1..4, or -v).
+            self.options.set("listen_host=127.0.0.1", "connection_strategy=lazy", "flow_detail=0")
             self.cache_addon = addon_factory()
             # mitmproxy's AddonManager and OptManager.keys are unannotated: cast for mypy --strict.
             cast(Any, self.addons).add(self.cache_addon)

@@ -136,10 +136,9 @@ class Fetcher:
     ) -> Reply:
         """The upstream failed (passed: its own error answer, if any): the stale entry, or the error."""
         now = time.time()
-        self.health.failed(origin, now, self.settings.upstream_backoff)
+        self.health.failed(origin, now, self.settings.upstream_backoff, failure.reason)
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
-            logger.warning("upstream failed for %s (%s)", redact(url), failure.reason)
             reply = await self.serve(entry, decision, request, now)
             if reply is not None:
                 return reply
