@@ -28,7 +28,7 @@ class FakeParent:
         self.seen: list[Seen] = []
         self._server: socket.socket | None = None
         self._lock = threading.Lock()
-        self._held: list[socket.socket] = []
+        self._open: list[socket.socket] = []  # every connection, closed by stop()
 
     @property
     def url(self) -> str:
@@ -51,13 +51,22 @@ class FakeParent:
         self.stop()
 
     def stop(self) -> None:
+        """Stops listening and drops every connection, tunnels included (a down proxy keeps none)."""
         server, self._server = self._server, None
         if server is not None:
+            try:
+                server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close() alone would not
+            except OSError:
+                pass
             server.close()
         with self._lock:
-            held, self._held = self._held, []
-        for conn in held:
-            conn.close()
+            open_, self._open = self._open, []
+        for sock in open_:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
     def targets(self, method: str = "CONNECT") -> list[str]:
         with self._lock:
@@ -73,9 +82,9 @@ class FakeParent:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(IDLE)
+        with self._lock:
+            self._open.append(conn)
         if self.mode == "hang":
-            with self._lock:
-                self._held.append(conn)
             return  # never answered; closed by stop()
         try:
             head = _read_head(conn)
@@ -94,6 +103,8 @@ class FakeParent:
                 return
             host, _, port = target.rpartition(":")
             upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=IDLE)
+            with self._lock:
+                self._open.append(upstream)
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             _pipe(conn, upstream)
         except OSError:
