@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import ssl
@@ -214,6 +215,9 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
                 _fail("run", str(e))
                 sys.exit(1)
             opts = cast(Any, self.options)
+            if opts.flow_detail == 0:
+                # mitmproxy's per-connection lines ("client connect") go with its per-flow ones.
+                logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
             if busy := ports.busy_listener(opts.mode, opts.listen_host, opts.listen_port):
                 _fail("run", busy)
                 sys.exit(1)
