@@ -39,6 +39,7 @@ from mitmproxy.proxy import server_hooks
 
 from cacheaddon import access, endpoint, gate, parent, responses, rewrite, settings, startup, tasks
 from cacheaddon.health import HostHealth
+from cacheaddon.idle import IdleClients
 from cacheaddon.keys import redact
 from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
@@ -70,6 +71,8 @@ class CacheAddon:
         # True for the instance `mitmdump -s` loads: a bad option value then stops the proxy (startup.py).
         # `cacheaddon run` reports bad values itself, and tests want the OptionsError.
         self.stop_on_bad_options = stop_on_bad_options
+        self.idle = IdleClients()
+        self.addons = [self.idle]  # mitmproxy calls a sub-addon's hooks too
         self.settings: settings.Settings | None = None
         self.store: Store | None = None
         self.client: UpstreamClient | None = None
@@ -144,6 +147,7 @@ class CacheAddon:
         if self.client is not None and client is not self.client:
             _close_later(self.client)
         self.settings, self.store, self.client = new, store, client
+        self.idle.timeout = new.client_timeout
         self.service = CacheService(new, store, client, self.health, self.pools)
 
     def _force_options(self) -> None:

@@ -123,6 +123,14 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "used entries are evicted until the cache is back under it.",
     ),
     (
+        "cache_client_timeout",
+        int,
+        60,
+        "Seconds a client connection may stay idle between requests, or take to send a request head, "
+        "before it is closed, so that clients that hold connections without using them cannot exhaust the "
+        "proxy's file descriptors. 0 turns this off (mitmproxy's tcp_timeout still applies).",
+    ),
+    (
         "cache_env_proxy",
         bool,
         False,
@@ -188,6 +196,7 @@ class Settings:
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
     env_proxy: bool = False
+    client_timeout: int = 60
     parents: tuple[Route, ...] = ()  # parent proxies for the cache's own requests, from mitmproxy's options
 
     @functools.cached_property
@@ -307,6 +316,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
         env_proxy=bool(opts["cache_env_proxy"]),
+        client_timeout=_non_negative("cache_client_timeout", opts["cache_client_timeout"]),
     )
 
 
