@@ -1,0 +1,326 @@
+"""The supply-chain guard, applied when answering (never when storing): PyPI and npm metadata without the
+versions a client may not have (too young, named by an advisory, of a quarantined project), and 403 for a
+download of one of their files. The cache keeps the upstream's documents, so a version appears by itself
+once it is old enough, and a filtered document gets validators of its own.
+
+Dates a document lacks come from its sibling (the JSON form of a PyPI HTML page, the full npm packument of
+an abbreviated one), answered through the cache like any request; what was learned of a package (publish
+times, project status, where a PyPI files host's index is) is kept in memory for the file downloads that
+follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from cacheaddon import documents, npmdocs, policy, pypidocs, responses, rewrite, versions
+from cacheaddon.advisoryfeed import AdvisoryFeed
+from cacheaddon.entry import Entry
+from cacheaddon.policy import RequestView
+from cacheaddon.service import Reply
+from cacheaddon.settings import Settings
+from cacheaddon.verdicts import Reason, Rules, Screened, Verdict, quarantined
+
+logger = logging.getLogger(__name__)
+
+# (request, url, origin) -> the cache's answer; the guard asks through it for the client and for siblings.
+Answer = Callable[[RequestView, str, str], Awaitable[Reply]]
+# (url, accept) -> the decoded body of a 200 answer, or None.
+Sibling = Callable[[str, str], Awaitable[bytes | None]]
+
+# Seconds a PyPI project's status learned from its index page decides its file downloads.
+STATUS_TTL = 60.0
+_KNOWN_LIMIT = 1024  # packages remembered
+_LOGGED_LIMIT = 100_000  # (package, version, reason) lines logged once each, then the memory starts over
+_CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
+# Dropped from a filtered document's fields: it is a new representation, sent whole and unencoded.
+_REPRESENTATION = frozenset(
+    {
+        "content-encoding",
+        "content-length",
+        "accept-ranges",
+        "etag",
+        "last-modified",
+        "x-cache",
+        "x-cache-detail",
+    }
+)
+
+
+@dataclass
+class Known:
+    times: Mapping[str, float | None]  # PyPI: file name -> upload time; npm: version -> publish time
+    status: str  # PEP 792 project status ("active" for npm)
+    learned: float  # time.monotonic()
+
+
+class Guard:
+    def __init__(
+        self, settings: Settings, feed: AdvisoryFeed | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings, self.feed, self.clock = settings, feed, clock
+        self.known: OrderedDict[str, Known] = OrderedDict()
+        # A PyPI files host -> the simple index its files are listed in (learned from the pages served).
+        self.index_bases = {"https://files.pythonhosted.org": "https://pypi.org/simple/"}
+        self.counts: Counter[str] = Counter()
+        self._logged: set[tuple[str, str, str, str, Reason]] = set()
+
+    async def rules(self) -> Rules:
+        if self.feed is None:
+            return Rules.of(self.settings, self.clock())
+        index = await self.feed.current()
+        return Rules.of(self.settings, self.clock(), index, self.feed.generation)
+
+    async def answer(self, answer: Answer, request: RequestView, url: str, origin: str) -> Reply:
+        """The cache's answer to a GET or HEAD as the guard lets the client have it."""
+        rules = await self.rules()
+        sibling = sibling_via(answer, request, url)
+        refusal = await self.refusal(url, rules, sibling)
+        if refusal is not None:
+            self._record("refused a download:", refusal)
+            detail = f"refused: {refusal.detail}"
+            return Reply(policy.Outcome.MISS, detail, responses.error(403, policy.redact(url), detail))
+        if policy.is_immutable(url, self.settings):
+            return await answer(request, url, origin)
+        # Documents are answered whole (a HEAD's headers must be the filtered one's), and the client's
+        # validators are checked against what is finally sent, not against the upstream's document.
+        headers = {k: v for k, v in request.headers.items() if k not in _CONDITIONALS}
+        reply = await answer(RequestView("GET", request.url, headers), url, origin)
+        reply = await self.screen(reply, url, rules, sibling)
+        return await _conditional(reply, request, url)
+
+    # --- downloads
+
+    async def refusal(self, url: str, rules: Rules, sibling: Sibling) -> Verdict | None:
+        """Why a package file must not be served, or None (also for anything that is no package file)."""
+        npm = npmdocs.tarball_document(url)
+        if npm is not None:
+            name, version, doc_url = npm
+            published = None
+            if rules.ages_apply(versions.NPM, name):
+                known = await self._known(doc_url, version, sibling, npmdocs.FULL_TYPE)
+                published = known.times.get(version) if known is not None else None
+            return self._refused(rules.judge(versions.NPM, name, version, published))
+        parts = urlsplit(url)
+        pypi = versions.pypi_file(parts.path)
+        base = self.index_bases.get(_origin(url))
+        if pypi is None or base is None:
+            return None
+        project, version = pypi
+        filename = parts.path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
+        known = await self._known(f"{base}{project}/", filename, sibling, pypidocs.JSON_TYPE, STATUS_TTL)
+        if known is not None and known.status == pypidocs.QUARANTINED:
+            return quarantined(versions.PYPI, project, version)
+        published = known.times.get(filename) if known is not None else None
+        return self._refused(rules.judge(versions.PYPI, project, version, published, label=filename))
+
+    def _refused(self, verdict: Verdict | None) -> Verdict | None:
+        if verdict is not None and not verdict.refused:
+            self._record("let through:", verdict)
+            return None
+        return verdict
+
+    async def _known(
+        self, doc_url: str, needed: str, sibling: Sibling, accept: str, max_age: float | None = None
+    ) -> Known | None:
+        """What is known of the package whose document is at doc_url, asked for again when `needed` (a
+        version or file name) is not in it or it is older than max_age. None when it cannot be had."""
+        known = self.known.get(_key(doc_url))
+        if known is not None and (max_age is None or time.monotonic() - known.learned < max_age):
+            if needed in known.times or known.status == pypidocs.QUARANTINED:
+                return known
+        return await self._ask(doc_url, sibling, accept) or known
+
+    async def _ask(self, doc_url: str, sibling: Sibling, accept: str) -> Known | None:
+        """Learns the dates (and status) of a package from its sibling document."""
+        data = await sibling(doc_url, accept)
+        if data is None:
+            return None
+        return self._learn(_key(doc_url), await asyncio.to_thread(_read_known, data, accept))
+
+    def _learn(self, key: str, known: Known | None) -> Known | None:
+        if known is not None:
+            self.known[key] = known
+            self.known.move_to_end(key)
+            while len(self.known) > _KNOWN_LIMIT:
+                self.known.popitem(last=False)
+        return known
+
+    # --- documents
+
+    async def screen(self, reply: Reply, url: str, rules: Rules, sibling: Sibling) -> Reply:
+        """The reply with the versions the client may not see taken out of its document, if it is a PyPI
+        or npm metadata document; any other reply as it is."""
+        status, fields = documents.status_fields(reply)
+        content_type = (documents.field(fields, "content-type") or "").split(";", 1)[0].strip().lower()
+        project = pypidocs.project_of(url)
+        if status != 200 or not _screenable(content_type, project):
+            return reply
+        raw = await documents.read_whole(reply, url, "to filter")
+        if raw is documents.Unread.TOO_LARGE:
+            return reply
+        if raw is documents.Unread.FAILED:
+            return documents.unreadable(reply, url, "filtering")
+        data = await asyncio.to_thread(
+            documents.decode, raw, documents.field(fields, "content-encoding") or ""
+        )
+        screened = (
+            None if data is None else await self._screen(content_type, data, url, project, rules, sibling)
+        )
+        if screened is None or screened.body is None:
+            return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, raw))
+        self.counts["documents filtered"] += 1
+        for verdict in screened.removed:
+            self._record("hid from metadata:", verdict)
+        detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
+        etag = '"guard-' + hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()[:32] + '"'
+        kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION]
+        kept += [("ETag", etag), *responses.cache_fields(reply.outcome, detail)]
+        return Reply(reply.outcome, detail, responses.make(200, "OK", kept, screened.body))
+
+    async def _screen(
+        self, content_type: str, data: bytes, url: str, project: str | None, rules: Rules, sibling: Sibling
+    ) -> Screened | None:
+        if content_type == pypidocs.JSON_TYPE:
+            screened = await asyncio.to_thread(pypidocs.screen_json, data, project or "", rules)
+            self._learn_pypi(url, screened)
+        elif content_type in pypidocs.HTML_TYPES and project is not None:
+            html = functools.partial(pypidocs.screen_html, data, project, rules)
+            screened = await self._dated(html, url, sibling, pypidocs.JSON_TYPE)
+            self._learn_pypi(url, screened)
+        elif content_type == npmdocs.ABBREVIATED_TYPE or npmdocs.looks_like(data):
+            packument = functools.partial(npmdocs.screen, data, rules)
+            screened = await self._dated(packument, url, sibling, npmdocs.FULL_TYPE)
+            if screened.times:
+                self._learn(_key(url), Known(screened.times, "active", time.monotonic()))
+        else:
+            return None
+        for verdict in screened.noted:
+            self._record("let through:", verdict)
+        return screened
+
+    async def _dated(
+        self,
+        screen: Callable[[Mapping[str, float | None] | None], Screened],
+        url: str,
+        sibling: Sibling,
+        accept: str,
+    ) -> Screened:
+        """Screens a document that carries no dates of its own with those learned of its sibling (the JSON
+        form of a PyPI page, the full npm packument), asked for again when they do not cover it."""
+        known = self.known.get(_key(url))
+        screened = await asyncio.to_thread(screen, known.times if known is not None else None)
+        if screened.lacks_dates:
+            data = await sibling(url, accept)
+            fresh = (
+                self._learn(_key(url), await asyncio.to_thread(_read_known, data, accept)) if data else None
+            )
+            if fresh is not None:
+                screened = await asyncio.to_thread(screen, fresh.times)
+        return screened
+
+    def _learn_pypi(self, url: str, screened: Screened) -> None:
+        """Remembers the page's dates and status, and which hosts its files are on."""
+        if screened.times or screened.status != "active":
+            self._learn(_key(url), Known(screened.times, screened.status, time.monotonic()))
+        base = urljoin(url, "..")
+        for link in screened.links:
+            origin = _origin(urljoin(url, link))
+            if origin not in self.index_bases and len(self.index_bases) < _KNOWN_LIMIT:
+                self.index_bases[origin] = base
+
+    def _record(self, action: str, verdict: Verdict) -> None:
+        """Counts every one; logs each package, version and reason once."""
+        self.counts[f"{action.rstrip(':')} ({verdict.reason.value})"] += 1
+        key = (action, verdict.ecosystem, verdict.name, verdict.version, verdict.reason)
+        if key in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_LIMIT:
+            self._logged.clear()
+        self._logged.add(key)
+        level = logging.INFO if not verdict.refused else logging.WARNING
+        logger.log(level, "guard: %s %s", action, verdict.detail)
+
+
+def _screenable(content_type: str, project: str | None) -> bool:
+    if content_type == pypidocs.JSON_TYPE or content_type in (npmdocs.ABBREVIATED_TYPE, npmdocs.FULL_TYPE):
+        return True
+    return content_type in pypidocs.HTML_TYPES and project is not None
+
+
+def _read_known(data: bytes, accept: str) -> Known | None:
+    """In a thread: the dates (and status) a sibling document gives."""
+    if accept == pypidocs.JSON_TYPE:
+        doc = pypidocs.parse_json(data)
+        if doc is None:
+            return None
+        return Known(pypidocs.json_times(doc), pypidocs.json_status(doc), time.monotonic())
+    packument = npmdocs.parse(data)
+    return None if packument is None else Known(npmdocs.times(packument), "active", time.monotonic())
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] as the health keys spell it (no default port)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{rewrite.hostport(rewrite.Origin(scheme, (parts.hostname or '').lower(), port))}"
+
+
+def _key(url: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return policy.normalize_url(scheme, parts.hostname or "", port, path)
+
+
+def sibling_via(answer: Answer, request: RequestView, url: str) -> Sibling:
+    """Sibling documents answered through the cache (fresh, revalidated, stale during an outage, offline),
+    with the client's credentials only when they go to the origin the client sent them to."""
+    own = _origin(url)
+    credentials = {k: v for k, v in request.headers.items() if k in policy.CREDENTIAL_HEADERS}
+
+    async def sibling(doc_url: str, accept: str) -> bytes | None:
+        origin = _origin(doc_url)
+        headers = {"accept": accept, "accept-encoding": "gzip", **(credentials if origin == own else {})}
+        reply = await answer(RequestView("GET", _key(doc_url), headers), doc_url, origin)
+        status, fields = documents.status_fields(reply)
+        if status != 200:
+            await reply.discard()
+            return None
+        raw = await documents.read_whole(reply, doc_url, "to learn publish times from")
+        if isinstance(raw, documents.Unread):
+            await reply.discard()
+            return None
+        return await asyncio.to_thread(
+            documents.decode, raw, documents.field(fields, "content-encoding") or ""
+        )
+
+    return sibling
+
+
+async def _conditional(reply: Reply, request: RequestView, url: str) -> Reply:
+    """304 when the client already has what is about to be sent (RFC 9110 13.1), judged on the validators
+    of the answer itself: a filtered document's own, never the upstream's."""
+    status, fields = documents.status_fields(reply)
+    if status != 200 or not (request.header("if-none-match") or request.header("if-modified-since")):
+        return reply
+    sent = Entry(url=url, status=200, reason="OK", headers=tuple(fields), stored_at=0.0, size=0, sha256="")
+    if not policy.client_has_current(sent, request):
+        return reply
+    await reply.discard()
+    age = documents.field(fields, "age")
+    return Reply(
+        reply.outcome,
+        reply.detail,
+        responses.not_modified(sent, reply.outcome, reply.detail, int(age) if age and age.isdigit() else 0),
+    )
