@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,7 +36,7 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, guard, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
@@ -82,6 +83,7 @@ class CacheAddon:
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.service: CacheService | None = None
+        self.guard: guard.Guard | None = None  # the supply-chain guard, when one of its options is set
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -115,6 +117,10 @@ class CacheAddon:
     def _build(self, new: settings.Settings, updated: set[str]) -> None:
         """The store, the upstream client and the service for these settings (reusing what did not change)."""
         old = self.settings
+        try:
+            new_guard = guard.build(new, self.guard)
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         store = self.store
         if store is None or old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit):
             try:
@@ -138,7 +144,7 @@ class CacheAddon:
             self.store.close()
         if self.upstream is not None and upstream is not self.upstream:
             _close_later(self.upstream)
-        self.settings, self.store, self.upstream = new, store, upstream
+        self.settings, self.store, self.upstream, self.guard = new, store, upstream, new_guard
         self.service = CacheService(new, store, upstream, self.health, self.pools)
 
     def _force_options(self) -> None:
@@ -301,7 +307,11 @@ class CacheAddon:
             else:
                 reply = await self.service.forward(view, url, health_key, req.raw_content, why_not)
         else:
-            reply = await self.service.answer(view, url, health_key, whole_documents=upstream is not None)
+            answer = functools.partial(self.service.answer, whole_documents=upstream is not None)
+            if self.guard is not None:  # answers through the cache, then filters what the client sees
+                reply = await self.guard.answer(answer, view, url, health_key)
+            else:
+                reply = await answer(view, url, health_key)
         if upstream is not None:
             base = endpoint.client_base(flow, flow.metadata.get(_CLIENT_HOST))
             reply = await endpoint.rewritten(reply, base, upstream, self.settings.is_cached_host, url)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from cacheaddon import documents, npmdocs, policy, pypidocs, responses, rewrite, versions
+from cacheaddon import advisoryfeed, documents, npmdocs, policy, pypidocs, responses, rewrite, versions
 from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.entry import Entry
 from cacheaddon.policy import RequestView
@@ -40,7 +40,16 @@ Sibling = Callable[[str, str], Awaitable[bytes | None]]
 STATUS_TTL = 60.0
 _KNOWN_LIMIT = 1024  # packages remembered
 _LOGGED_LIMIT = 100_000  # (package, version, reason) lines logged once each, then the memory starts over
-_CONDITIONALS = ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range")
+# Not passed on for a document: it is answered whole, and the client's validators are checked against what
+# is finally sent.
+_WHOLE_DOCUMENT = (
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+)
 # Dropped from a filtered document's fields: it is a new representation, sent whole and unencoded.
 _REPRESENTATION = frozenset(
     {
@@ -53,6 +62,29 @@ _REPRESENTATION = frozenset(
         "x-cache-detail",
     }
 )
+
+
+def build(settings: Settings, previous: Guard | None = None) -> Guard | None:
+    """The guard for these settings, or None when it is off. Raises ValueError naming the option for an
+    advisories path that is neither a directory nor a zip. What the previous guard learned and loaded is
+    kept when its settings allow."""
+    if not settings.guard_active:
+        return None
+    feed = None
+    if settings.block_advisories is not None:
+        advisoryfeed.check_source(settings.block_advisories)
+        old = previous.feed if previous is not None else None
+        if old is not None and (old.path, old.include_all) == (
+            settings.block_advisories,
+            settings.block_advisories_all,
+        ):
+            feed = old
+        else:
+            feed = AdvisoryFeed(settings.block_advisories, settings.block_advisories_all)
+    guard = Guard(settings, feed)
+    if previous is not None:
+        guard.known, guard.index_bases, guard.counts = previous.known, previous.index_bases, previous.counts
+    return guard
 
 
 @dataclass
@@ -90,9 +122,8 @@ class Guard:
             return Reply(policy.Outcome.MISS, detail, responses.error(403, policy.redact(url), detail))
         if policy.is_immutable(url, self.settings):
             return await answer(request, url, origin)
-        # Documents are answered whole (a HEAD's headers must be the filtered one's), and the client's
-        # validators are checked against what is finally sent, not against the upstream's document.
-        headers = {k: v for k, v in request.headers.items() if k not in _CONDITIONALS}
+        # A HEAD's headers must be the filtered document's, so documents are fetched with GET.
+        headers = {k: v for k, v in request.headers.items() if k not in _WHOLE_DOCUMENT}
         reply = await answer(RequestView("GET", request.url, headers), url, origin)
         reply = await self.screen(reply, url, rules, sibling)
         return await _conditional(reply, request, url)
