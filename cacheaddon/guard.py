@@ -142,10 +142,12 @@ class Guard:
             return self._refused(rules.judge(versions.NPM, name, version, published))
         parts = urlsplit(url)
         pypi = versions.pypi_file(parts.path)
-        base = self.index_bases.get(_origin(url))
-        if pypi is None or base is None:
+        if pypi is None:
             return None
         project, version = pypi
+        base = self.index_bases.get(_origin(url))
+        if base is None:  # no index known to list this file: no dates or status to judge it by
+            return rules.advised(versions.PYPI, project, version)
         filename = parts.path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
         known = await self._known(f"{base}{project}/", filename, sibling, pypidocs.JSON_TYPE, STATUS_TTL)
         if known is not None and known.status == pypidocs.QUARANTINED:

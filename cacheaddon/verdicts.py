@@ -91,6 +91,16 @@ class Rules:
         text = repr((self.min_age, self.exempt, self.refuse_missing, self.generation))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def advised(self, ecosystem: str, name: str, version: str | None) -> Verdict | None:
+        """The refusal of a version an advisory names, else None."""
+        advisory = self.advisories.advisory_for(ecosystem, name, version) if version is not None else None
+        if advisory is None or version is None:
+            return None
+        detail = (
+            f"{ecosystem} package {name} {version} is named by advisory {advisory} (cache_block_advisories)"
+        )
+        return Verdict(True, Reason.ADVISORY, ecosystem, name, version, detail, advisory)
+
     def judge(
         self,
         ecosystem: str,
@@ -102,14 +112,9 @@ class Rules:
         """None when the version may be seen; else why not (or, for a missing publish time that is let
         through, refused=False). `label` names it where the version is unknown (a file name)."""
         shown = version or label or "?"
-        if version is not None:
-            advisory = self.advisories.advisory_for(ecosystem, name, version)
-            if advisory is not None:
-                detail = (
-                    f"{ecosystem} package {name} {shown} is named by advisory {advisory} "
-                    "(cache_block_advisories)"
-                )
-                return Verdict(True, Reason.ADVISORY, ecosystem, name, shown, detail, advisory)
+        advised = self.advised(ecosystem, name, version)
+        if advised is not None:
+            return advised
         if not self.ages_apply(ecosystem, name):
             return None
         if published is None:

@@ -606,3 +606,46 @@ def uv_install(
 def run_client(cmd: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120) -> ClientResult:
     """Any client command, in its own process group, killed after `timeout`; never raises for its failure."""
     return _run(cmd, env, timeout, cwd)
+
+
+def pnpm_binary() -> Path | None:
+    """pnpm as scripts/test installs it, into the venv's own prefix from the npm registry; else None."""
+    local = BIN.parent / "tools" / "node_modules" / ".bin" / "pnpm"
+    return local if local.is_file() else None
+
+
+def pnpm_install(
+    tmp_path: Path,
+    packages: Iterable[str],
+    registry_url: str,
+    env: Mapping[str, str],
+    timeout: float = 120,
+) -> ClientResult:
+    """`pnpm add` in a fresh project with its own store, cache and npmrc (registry, CA file and, given a
+    proxy env, https-proxy); result.dir is the project."""
+    pnpm = pnpm_binary()
+    if pnpm is None:
+        raise FileNotFoundError("pnpm is not installed (scripts/test installs it)")
+    project = Path(tempfile.mkdtemp(prefix="pnpm-", dir=tmp_path))
+    state = Path(tempfile.mkdtemp(prefix="pnpm-state-", dir=tmp_path))
+    (project / "package.json").write_text(
+        json.dumps({"name": "e2e-project", "version": "1.0.0", "private": True}, indent=2) + "\n"
+    )
+    npmrc = [
+        f"registry={registry_url}",
+        f"cafile={env['SSL_CERT_FILE']}",
+        f"store-dir={state / 'store'}",
+        f"cache-dir={state / 'cache'}",
+        "update-notifier=false",
+        "fetch-retries=0",
+    ]
+    if env.get("HTTPS_PROXY"):
+        npmrc += [f"https-proxy={env['HTTPS_PROXY']}", f"proxy={env['HTTPS_PROXY']}"]
+    (project / ".npmrc").write_text("\n".join(npmrc) + "\n")
+    userconfig = state / "user.npmrc"
+    userconfig.write_text("")
+    run_env = {**env, "npm_config_userconfig": str(userconfig), "XDG_DATA_HOME": str(state / "data")}
+    cmd = [str(pnpm), "add", "--reporter=append-only", *packages]
+    result = _run(cmd, run_env, timeout, project)
+    result.dir = project
+    return result

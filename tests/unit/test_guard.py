@@ -7,12 +7,14 @@ import asyncio
 import gzip
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cacheaddon import responses
 from cacheaddon import settings as options
+from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.guard import Guard
 from cacheaddon.policy import Outcome, RequestView
 from cacheaddon.service import Reply
@@ -214,10 +216,16 @@ def test_pypi_html_takes_dates_from_the_json_form_and_files_follow(cache: Cache)
         assert refused.response is not None and refused.response.status_code == 403
 
 
-def test_a_file_on_a_host_no_index_named_is_not_judged(cache: Cache) -> None:
-    cache.put("https://elsewhere.example/alpha-2.0.0.tar.gz", "*", "application/octet-stream", b"sdist")
-    reply = ask(guard(), cache, "https://elsewhere.example/alpha-2.0.0.tar.gz")
-    assert reply.response is not None and reply.response.status_code == 200
+def test_a_file_on_a_host_no_index_named_is_judged_by_advisories_only(cache: Cache, tmp_path: Path) -> None:
+    kilo = {"package": {"ecosystem": "PyPI", "name": "alpha"}, "versions": ["1.0.0"]}
+    (tmp_path / "MAL-1.json").write_text(json.dumps({"id": "MAL-1", "affected": [kilo]}))
+    g = guard(cache_block_advisories=str(tmp_path))
+    g.feed = AdvisoryFeed(tmp_path, include_all=False)
+    for version, status in (("2.0.0", 200), ("1.0.0", 403)):
+        url = f"https://elsewhere.example/alpha-{version}.tar.gz"
+        cache.put(url, "*", "application/octet-stream", b"sdist")
+        reply = ask(g, cache, url)
+        assert reply.response is not None and reply.response.status_code == status
 
 
 def test_a_quarantined_project_offers_no_files_even_cached_ones(cache: Cache) -> None:
