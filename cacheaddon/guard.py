@@ -4,9 +4,8 @@ download of one of their files. The cache keeps the upstream's documents, so a v
 once it is old enough, and a filtered document gets validators of its own.
 
 Dates a document lacks come from its sibling (the JSON form of a PyPI HTML page, the full npm packument of
-an abbreviated one), answered through the cache like any request; what was learned of a package (publish
-times, project status, where a PyPI files host's index is) is kept in memory for the file downloads that
-follow.
+an abbreviated one), answered through the cache; what was learned of a package (publish times, project
+status, which index a PyPI files host belongs to) is kept in memory for the file downloads that follow.
 """
 
 from __future__ import annotations
@@ -17,24 +16,20 @@ import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from cacheaddon import advisoryfeed, documents, npmdocs, policy, pypidocs, responses, rewrite, versions
+from cacheaddon import advisoryfeed, documents, npmdocs, policy, pypidocs, responses, versions
 from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.entry import Entry
 from cacheaddon.policy import RequestView
 from cacheaddon.service import Reply
 from cacheaddon.settings import Settings
-from cacheaddon.verdicts import Reason, Rules, Screened, Verdict, quarantined
+from cacheaddon.siblings import Answer, Sibling, as_of, key_of, origin_of, sibling_via
+from cacheaddon.verdicts import Dates, Reason, Rules, Screened, Verdict, quarantined
 
 logger = logging.getLogger(__name__)
-
-# (request, url, origin) -> the cache's answer; the guard asks through it for the client and for siblings.
-Answer = Callable[[RequestView, str, str], Awaitable[Reply]]
-# (url, accept) -> the decoded body of a 200 answer, or None.
-Sibling = Callable[[str, str], Awaitable[bytes | None]]
 
 # Seconds a PyPI project's status learned from its index page decides its file downloads.
 STATUS_TTL = 60.0
@@ -67,20 +62,16 @@ _REPRESENTATION = frozenset(
 def build(settings: Settings, previous: Guard | None = None) -> Guard | None:
     """The guard for these settings, or None when it is off. Raises ValueError naming the option for an
     advisories path that is neither a directory nor a zip. What the previous guard learned and loaded is
-    kept when its settings allow."""
+    kept where the settings allow."""
     if not settings.guard_active:
         return None
     feed = None
     if settings.block_advisories is not None:
         advisoryfeed.check_source(settings.block_advisories)
         old = previous.feed if previous is not None else None
-        if old is not None and (old.path, old.include_all) == (
-            settings.block_advisories,
-            settings.block_advisories_all,
-        ):
-            feed = old
-        else:
-            feed = AdvisoryFeed(settings.block_advisories, settings.block_advisories_all)
+        wanted = (settings.block_advisories, settings.block_advisories_all)
+        keep = old is not None and (old.path, old.include_all) == wanted
+        feed = old if keep else AdvisoryFeed(*wanted)
     guard = Guard(settings, feed)
     if previous is not None:
         guard.known, guard.index_bases, guard.counts = previous.known, previous.index_bases, previous.counts
@@ -89,7 +80,7 @@ def build(settings: Settings, previous: Guard | None = None) -> Guard | None:
 
 @dataclass
 class Known:
-    times: Mapping[str, float | None]  # PyPI: file name -> upload time; npm: version -> publish time
+    dates: Dates  # PyPI: by file name; npm: by version
     status: str  # PEP 792 project status ("active" for npm)
     learned: float  # time.monotonic()
 
@@ -114,7 +105,7 @@ class Guard:
     async def answer(self, answer: Answer, request: RequestView, url: str, origin: str) -> Reply:
         """The cache's answer to a GET or HEAD as the guard lets the client have it."""
         rules = await self.rules()
-        sibling = sibling_via(answer, request, url)
+        sibling = sibling_via(answer, request, url, self.clock)
         refusal = await self.refusal(url, rules, sibling)
         if refusal is not None:
             self._record("refused a download:", refusal)
@@ -135,25 +126,25 @@ class Guard:
         npm = npmdocs.tarball_document(url)
         if npm is not None:
             name, version, doc_url = npm
-            published = None
+            published = after = None
             if rules.ages_apply(versions.NPM, name):
                 known = await self._known(doc_url, version, sibling, npmdocs.FULL_TYPE)
-                published = known.times.get(version) if known is not None else None
-            return self._refused(rules.judge(versions.NPM, name, version, published))
-        parts = urlsplit(url)
-        pypi = versions.pypi_file(parts.path)
+                published, after = known.dates.of(version) if known is not None else (None, None)
+            return self._refused(rules.judge(versions.NPM, name, version, published, after=after))
+        path = urlsplit(url).path
+        pypi = versions.pypi_file(path)
         if pypi is None:
             return None
         project, version = pypi
-        base = self.index_bases.get(_origin(url))
+        base = self.index_bases.get(origin_of(url))
         if base is None:  # no index known to list this file: no dates or status to judge it by
             return rules.advised(versions.PYPI, project, version)
-        filename = parts.path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
+        filename = path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
         known = await self._known(f"{base}{project}/", filename, sibling, pypidocs.JSON_TYPE, STATUS_TTL)
         if known is not None and known.status == pypidocs.QUARANTINED:
             return quarantined(versions.PYPI, project, version)
-        published = known.times.get(filename) if known is not None else None
-        return self._refused(rules.judge(versions.PYPI, project, version, published, label=filename))
+        published, after = known.dates.of(filename) if known is not None else (None, None)
+        return self._refused(rules.judge(versions.PYPI, project, version, published, filename, after))
 
     def _refused(self, verdict: Verdict | None) -> Verdict | None:
         if verdict is not None and not verdict.refused:
@@ -166,25 +157,26 @@ class Guard:
     ) -> Known | None:
         """What is known of the package whose document is at doc_url, asked for again when `needed` (a
         version or file name) is not in it or it is older than max_age. None when it cannot be had."""
-        known = self.known.get(_key(doc_url))
+        known = self.known.get(key_of(doc_url))
         if known is not None and (max_age is None or time.monotonic() - known.learned < max_age):
-            if needed in known.times or known.status == pypidocs.QUARANTINED:
+            if needed in known.dates.times or known.status == pypidocs.QUARANTINED:
                 return known
         return await self._ask(doc_url, sibling, accept) or known
 
     async def _ask(self, doc_url: str, sibling: Sibling, accept: str) -> Known | None:
         """Learns the dates (and status) of a package from its sibling document."""
-        data = await sibling(doc_url, accept)
-        if data is None:
+        fetched = await sibling(doc_url, accept)
+        if fetched is None:
             return None
-        return self._learn(_key(doc_url), await asyncio.to_thread(_read_known, data, accept))
+        found = await asyncio.to_thread(_read_known, fetched.body, accept)
+        return self._learn(key_of(doc_url), found[0], found[1], fetched.as_of) if found else None
 
-    def _learn(self, key: str, known: Known | None) -> Known | None:
-        if known is not None:
-            self.known[key] = known
-            self.known.move_to_end(key)
-            while len(self.known) > _KNOWN_LIMIT:
-                self.known.popitem(last=False)
+    def _learn(self, key: str, times: dict[str, float | None], status: str, when: float) -> Known:
+        known = Known(Dates(times, when), status, time.monotonic())
+        self.known[key] = known
+        self.known.move_to_end(key)
+        while len(self.known) > _KNOWN_LIMIT:
+            self.known.popitem(last=False)
         return known
 
     # --- documents
@@ -202,38 +194,46 @@ class Guard:
             return reply
         if raw is documents.Unread.FAILED:
             return documents.unreadable(reply, url, "filtering")
-        data = await asyncio.to_thread(
-            documents.decode, raw, documents.field(fields, "content-encoding") or ""
-        )
-        screened = (
-            None if data is None else await self._screen(content_type, data, url, project, rules, sibling)
-        )
+        encoding = documents.field(fields, "content-encoding") or ""
+        data = await asyncio.to_thread(documents.decode, raw, encoding)
+        when = as_of(fields, self.clock())
+        screened = None
+        if data is not None:
+            screened = await self._screen(content_type, data, url, project, rules, sibling, when)
         if screened is None or screened.body is None:
             return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, raw))
         self.counts["documents filtered"] += 1
         for verdict in screened.removed:
             self._record("hid from metadata:", verdict)
         detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
-        etag = '"guard-' + hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()[:32] + '"'
+        digest = hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()
         kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION]
-        kept += [("ETag", etag), *responses.cache_fields(reply.outcome, detail)]
+        kept += [("ETag", f'"guard-{digest[:32]}"'), *responses.cache_fields(reply.outcome, detail)]
         return Reply(reply.outcome, detail, responses.make(200, "OK", kept, screened.body))
 
     async def _screen(
-        self, content_type: str, data: bytes, url: str, project: str | None, rules: Rules, sibling: Sibling
+        self,
+        content_type: str,
+        data: bytes,
+        url: str,
+        project: str | None,
+        rules: Rules,
+        sibling: Sibling,
+        when: float,
     ) -> Screened | None:
+        """`when`: the time as of which the document is the registry's."""
         if content_type == pypidocs.JSON_TYPE:
             screened = await asyncio.to_thread(pypidocs.screen_json, data, project or "", rules)
-            self._learn_pypi(url, screened)
+            self._learn_pypi(url, screened, when)
         elif content_type in pypidocs.HTML_TYPES and project is not None:
             html = functools.partial(pypidocs.screen_html, data, project, rules)
             screened = await self._dated(html, url, sibling, pypidocs.JSON_TYPE)
-            self._learn_pypi(url, screened)
+            self._learn_pypi(url, screened, None)
         elif content_type == npmdocs.ABBREVIATED_TYPE or npmdocs.looks_like(data):
             packument = functools.partial(npmdocs.screen, data, rules)
             screened = await self._dated(packument, url, sibling, npmdocs.FULL_TYPE)
             if screened.times:
-                self._learn(_key(url), Known(screened.times, "active", time.monotonic()))
+                self._learn(key_of(url), dict(screened.times), "active", when)
         else:
             return None
         for verdict in screened.noted:
@@ -241,32 +241,27 @@ class Guard:
         return screened
 
     async def _dated(
-        self,
-        screen: Callable[[Mapping[str, float | None] | None], Screened],
-        url: str,
-        sibling: Sibling,
-        accept: str,
+        self, screen: Callable[[Dates | None], Screened], url: str, sibling: Sibling, accept: str
     ) -> Screened:
-        """Screens a document that carries no dates of its own with those learned of its sibling (the JSON
-        form of a PyPI page, the full npm packument), asked for again when they do not cover it."""
-        known = self.known.get(_key(url))
-        screened = await asyncio.to_thread(screen, known.times if known is not None else None)
+        """Screens a document that may carry no dates of its own with those learned of its sibling (the
+        JSON form of a PyPI page, the full npm packument), asked for again when they do not cover it."""
+        known = self.known.get(key_of(url))
+        screened = await asyncio.to_thread(screen, known.dates if known is not None else None)
         if screened.lacks_dates:
-            data = await sibling(url, accept)
-            fresh = (
-                self._learn(_key(url), await asyncio.to_thread(_read_known, data, accept)) if data else None
-            )
+            fresh = await self._ask(url, sibling, accept)
             if fresh is not None:
-                screened = await asyncio.to_thread(screen, fresh.times)
+                screened = await asyncio.to_thread(screen, fresh.dates)
         return screened
 
-    def _learn_pypi(self, url: str, screened: Screened) -> None:
-        """Remembers the page's dates and status, and which hosts its files are on."""
-        if screened.times or screened.status != "active":
-            self._learn(_key(url), Known(screened.times, screened.status, time.monotonic()))
-        base = urljoin(url, "..")
+    def _learn_pypi(self, url: str, screened: Screened, when: float | None) -> None:
+        """Remembers a page's dates and status (`when` it is from, for a page that has its own dates), and
+        which index the hosts of its files belong to."""
+        if when is not None and (screened.times or screened.status != "active"):
+            self._learn(key_of(url), dict(screened.times), screened.status, when)
+        path = urlsplit(url).path
+        base = urljoin(url, path.rstrip("/").rsplit("/", 1)[0] + "/")
         for link in screened.links:
-            origin = _origin(urljoin(url, link))
+            origin = origin_of(urljoin(url, link))
             if origin not in self.index_bases and len(self.index_bases) < _KNOWN_LIMIT:
                 self.index_bases[origin] = base
 
@@ -279,8 +274,9 @@ class Guard:
         if len(self._logged) >= _LOGGED_LIMIT:
             self._logged.clear()
         self._logged.add(key)
-        level = logging.INFO if not verdict.refused else logging.WARNING
-        logger.log(level, "guard: %s %s", action, verdict.detail)
+        logger.log(
+            logging.WARNING if verdict.refused else logging.INFO, "guard: %s %s", action, verdict.detail
+        )
 
 
 def _screenable(content_type: str, project: str | None) -> bool:
@@ -289,56 +285,13 @@ def _screenable(content_type: str, project: str | None) -> bool:
     return content_type in pypidocs.HTML_TYPES and project is not None
 
 
-def _read_known(data: bytes, accept: str) -> Known | None:
+def _read_known(data: bytes, accept: str) -> tuple[dict[str, float | None], str] | None:
     """In a thread: the dates (and status) a sibling document gives."""
     if accept == pypidocs.JSON_TYPE:
         doc = pypidocs.parse_json(data)
-        if doc is None:
-            return None
-        return Known(pypidocs.json_times(doc), pypidocs.json_status(doc), time.monotonic())
+        return None if doc is None else (pypidocs.json_times(doc), pypidocs.json_status(doc))
     packument = npmdocs.parse(data)
-    return None if packument is None else Known(npmdocs.times(packument), "active", time.monotonic())
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] as the health keys spell it (no default port)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{rewrite.hostport(rewrite.Origin(scheme, (parts.hostname or '').lower(), port))}"
-
-
-def _key(url: str) -> str:
-    parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return policy.normalize_url(scheme, parts.hostname or "", port, path)
-
-
-def sibling_via(answer: Answer, request: RequestView, url: str) -> Sibling:
-    """Sibling documents answered through the cache (fresh, revalidated, stale during an outage, offline),
-    with the client's credentials only when they go to the origin the client sent them to."""
-    own = _origin(url)
-    credentials = {k: v for k, v in request.headers.items() if k in policy.CREDENTIAL_HEADERS}
-
-    async def sibling(doc_url: str, accept: str) -> bytes | None:
-        origin = _origin(doc_url)
-        headers = {"accept": accept, "accept-encoding": "gzip", **(credentials if origin == own else {})}
-        reply = await answer(RequestView("GET", _key(doc_url), headers), doc_url, origin)
-        status, fields = documents.status_fields(reply)
-        if status != 200:
-            await reply.discard()
-            return None
-        raw = await documents.read_whole(reply, doc_url, "to learn publish times from")
-        if isinstance(raw, documents.Unread):
-            await reply.discard()
-            return None
-        return await asyncio.to_thread(
-            documents.decode, raw, documents.field(fields, "content-encoding") or ""
-        )
-
-    return sibling
+    return None if packument is None else (npmdocs.times(packument), "active")
 
 
 async def _conditional(reply: Reply, request: RequestView, url: str) -> Reply:
@@ -352,8 +305,7 @@ async def _conditional(reply: Reply, request: RequestView, url: str) -> Reply:
         return reply
     await reply.discard()
     age = documents.field(fields, "age")
+    age_seconds = int(age) if age is not None and age.isdigit() else 0
     return Reply(
-        reply.outcome,
-        reply.detail,
-        responses.not_modified(sent, reply.outcome, reply.detail, int(age) if age and age.isdigit() else 0),
+        reply.outcome, reply.detail, responses.not_modified(sent, reply.outcome, reply.detail, age_seconds)
     )

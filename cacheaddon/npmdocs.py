@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from cacheaddon import versions
-from cacheaddon.verdicts import Rules, Screened, Verdict, parse_time
+from cacheaddon.verdicts import Dates, Rules, Screened, Verdict, parse_time
 
 FULL_TYPE = "application/json"
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
@@ -63,7 +63,7 @@ def tarball_document(url: str) -> tuple[str, str, str] | None:
     return name, version, f"{parts.scheme}://{parts.netloc}{document_path(name, quote(prefix))}"
 
 
-def screen(data: bytes, rules: Rules, known: Mapping[str, float | None] | None = None) -> Screened:
+def screen(data: bytes, rules: Rules, known: Dates | None = None) -> Screened:
     """The packument as the guard serves it. Dates come from its own `time` map when it has one, else from
     `known` (the full document's, for an abbreviated one; None when it could not be had)."""
     doc = parse(data)
@@ -71,11 +71,12 @@ def screen(data: bytes, rules: Rules, known: Mapping[str, float | None] | None =
         return Screened(None)
     name = doc["name"]
     own = times(doc)
-    published = own if isinstance(doc.get("time"), dict) else dict(known or {})
+    dates = Dates(own) if isinstance(doc.get("time"), dict) else known or Dates({})
     removed: list[Verdict] = []
     noted: list[Verdict] = []
     for version in list(doc["versions"]):
-        verdict = rules.judge(versions.NPM, name, version, published.get(version))
+        published, after = dates.of(version)
+        verdict = rules.judge(versions.NPM, name, version, published, after=after)
         if verdict is None:
             continue
         if verdict.refused:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cacheaddon import versions
-from cacheaddon.verdicts import Rules, Screened, Verdict, parse_time, quarantined
+from cacheaddon.verdicts import Dates, Rules, Screened, Verdict, parse_time, quarantined
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")
@@ -82,13 +82,18 @@ def _attributes(tag: bytes) -> dict[str, str]:
 
 
 def _verdict(
-    rules: Rules, project: str, filename: str, published: float | None, status: str
+    rules: Rules,
+    project: str,
+    filename: str,
+    published: float | None,
+    status: str,
+    after: float | None = None,
 ) -> Verdict | None:
     parsed = versions.pypi_file(filename)
     version = parsed[1] if parsed is not None else None
     if status == QUARANTINED:
         return quarantined(versions.PYPI, project, version or filename)
-    return rules.judge(versions.PYPI, project, version, published, label=filename)
+    return rules.judge(versions.PYPI, project, version, published, label=filename, after=after)
 
 
 def screen_json(data: bytes, project: str, rules: Rules) -> Screened:
@@ -151,11 +156,9 @@ def _anchor_filename(attrs: bytes, text: bytes) -> str:
     return unquote(urlsplit(href).path.rsplit("/", 1)[-1])
 
 
-def screen_html(
-    data: bytes, project: str, rules: Rules, times: Mapping[str, float | None] | None
-) -> Screened:
-    """The HTML project page as the guard serves it; `times` (file name -> upload time) come from the JSON
-    form of the same page, None when it could not be had."""
+def screen_html(data: bytes, project: str, rules: Rules, known: Dates | None) -> Screened:
+    """The HTML project page as the guard serves it; its upload times come from the JSON form of the same
+    page (`known`, None when it could not be had)."""
     status = html_status(data)
     removed: list[Verdict] = []
     noted: list[Verdict] = []
@@ -166,8 +169,8 @@ def screen_html(
         if href is not None:
             links.append(html.unescape((href[1] or href[2] or href[3]).decode("utf-8", "replace")))
         filename = _anchor_filename(match["attrs"], match["text"])
-        published = times.get(filename) if times is not None else None
-        verdict = _verdict(rules, project, filename, published, status)
+        published, after = known.of(filename) if known is not None else (None, None)
+        verdict = _verdict(rules, project, filename, published, status, after)
         if verdict is not None and verdict.refused:
             removed.append(verdict)
             return b""

@@ -51,6 +51,21 @@ def format_time(ts: float) -> str:
 
 
 @dataclass(frozen=True)
+class Dates:
+    """Publish times learned from another document (by version, or PyPI file name), and the time as of which
+    that document was the registry's: what it does not list was published after that."""
+
+    times: Mapping[str, float | None]
+    as_of: float | None = None
+
+    def of(self, key: str) -> tuple[float | None, float | None]:
+        """(publish time, or None; a time it is known to be later than, or None)."""
+        if key in self.times:
+            return self.times[key], None
+        return None, self.as_of
+
+
+@dataclass(frozen=True)
 class Rules:
     """The guard's settings and advisories as in force for one answer."""
 
@@ -108,15 +123,24 @@ class Rules:
         version: str | None,
         published: float | None,
         label: str | None = None,
+        after: float | None = None,
     ) -> Verdict | None:
         """None when the version may be seen; else why not (or, for a missing publish time that is let
-        through, refused=False). `label` names it where the version is unknown (a file name)."""
+        through, refused=False). `label` names it where the version is unknown (a file name); `after`, when
+        the publish time is unknown, is a time it is known to be later than (a document fetched then did
+        not list it yet)."""
         shown = version or label or "?"
         advised = self.advised(ecosystem, name, version)
         if advised is not None:
             return advised
         if not self.ages_apply(ecosystem, name):
             return None
+        if published is None and after is not None and after > self.cutoff:
+            detail = (
+                f"{ecosystem} package {name} {shown} was not yet listed by the registry at "
+                f"{format_time(after)}, less than cache_min_release_age ({self.min_age_text}) ago"
+            )
+            return Verdict(True, Reason.YOUNG, ecosystem, name, shown, detail)
         if published is None:
             detail = f"{ecosystem} package {name} {shown} has no known publish time"
             if self.refuse_missing:

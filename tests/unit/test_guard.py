@@ -177,6 +177,19 @@ def test_an_abbreviated_document_learns_its_dates_from_the_full_one_once(cache: 
     assert cache.asked == [("GET", f"{REG}/kilo", ABBREVIATED)]
 
 
+def test_a_version_the_cached_full_document_does_not_list_yet_is_young(cache: Cache) -> None:
+    full = json.loads(packument())
+    del full["versions"]["2.0.0"], full["time"]["2.0.0"]  # cached an hour before 2.0.0 came out
+    cache.put(
+        f"{REG}/kilo", "application/json", "application/json", json.dumps(full).encode(), ("Age", "3600")
+    )
+    g = guard()
+    assert list(body(ask(g, cache, f"{REG}/kilo", ABBREVIATED))["versions"]) == ["1.0.0", "1.1.0"]
+    refused = ask(g, cache, f"{REG}/kilo/-/kilo-2.0.0.tgz")
+    assert refused.response is not None and refused.response.status_code == 403
+    assert b"not yet listed by the registry at" in (refused.response.raw_content or b"")
+
+
 def test_without_its_sibling_an_abbreviated_document_follows_the_missing_policy(cache: Cache) -> None:
     del cache.docs[(f"{REG}/kilo", "application/json")]
     reply = ask(guard(), cache, f"{REG}/kilo", ABBREVIATED)

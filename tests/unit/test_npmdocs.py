@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cacheaddon import advisories, npmdocs
 from cacheaddon import settings as options
-from cacheaddon.verdicts import Reason, Rules, format_time
+from cacheaddon.verdicts import Dates, Reason, Rules, format_time
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -105,12 +105,24 @@ def test_abbreviated_documents_take_their_dates_from_the_full_one() -> None:
     doc = abbreviated(RELEASES)
     without = npmdocs.screen(doc, rules())
     assert without.body is None and without.lacks_dates and len(without.noted) == len(RELEASES)
-    screened = npmdocs.screen(doc, rules(), dates(RELEASES))
+    screened = npmdocs.screen(doc, rules(), Dates(dates(RELEASES)))
     assert screened.body is not None and not screened.lacks_dates
     out = json.loads(screened.body)
     assert list(out["versions"]) == ["1.0.0", "1.1.0", "2.0.0-beta.1"]
     assert out["dist-tags"] == {"latest": "1.1.0"}
     assert "time" not in out
+
+
+def test_a_version_the_full_document_did_not_list_yet_is_as_young_as_that_document() -> None:
+    doc = abbreviated(RELEASES)
+    older = {v: t for v, t in dates(RELEASES).items() if v != "1.1.0"}  # fetched before 1.1.0 came out
+    recent = npmdocs.screen(doc, rules(), Dates(older, as_of=NOW - DAY))
+    assert recent.body is not None and "1.1.0" not in json.loads(recent.body)["versions"]
+    young = next(v for v in recent.removed if v.version == "1.1.0")
+    assert young.reason is Reason.YOUNG and "not yet listed by the registry at" in young.detail
+    long_ago = npmdocs.screen(doc, rules(), Dates(older, as_of=NOW - 30 * DAY))  # could be any age since
+    assert long_ago.body is not None and "1.1.0" in json.loads(long_ago.body)["versions"]
+    assert [v.reason for v in long_ago.noted] == [Reason.MISSING]
 
 
 def test_missing_dates_are_refused_on_request() -> None:
@@ -182,7 +194,7 @@ def test_packuments_stay_valid_and_never_offer_a_young_version(
     )
     r = rules(age, cache_release_age_missing="refuse" if refuse_missing else "allow")
     document = abbreviated(releases, tags) if abbreviate else full(releases, tags)
-    screened = npmdocs.screen(document, r, dates(releases) if abbreviate else None)
+    screened = npmdocs.screen(document, r, Dates(dates(releases)) if abbreviate else None)
     doc = json.loads(screened.body if screened.body is not None else document)
     original = json.loads(document)
     for version, meta in doc["versions"].items():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cacheaddon import advisories, pypidocs
 from cacheaddon import settings as options
-from cacheaddon.verdicts import Reason, Rules, format_time
+from cacheaddon.verdicts import Dates, Reason, Rules, format_time
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -161,7 +161,7 @@ def test_advisories_remove_exact_versions() -> None:
 
 def test_html_links_go_whole_lines_and_others_stay_byte_for_byte() -> None:
     page = html_page(RELEASES)
-    screened = pypidocs.screen_html(page, "alpha", rules(), times_of(RELEASES))
+    screened = pypidocs.screen_html(page, "alpha", rules(), Dates(times_of(RELEASES)))
     assert screened.body is not None
     young = [line for line in page.splitlines(keepends=True) if b"alpha-2.0.0" in line]
     assert len(young) == 2
@@ -182,7 +182,7 @@ def test_html_of_other_shapes() -> None:
         b'<a href="https://f.example/p/alpha-1.1.0.tar.gz"></a></body></html>'
     )
     times = {"alpha-2.0.0.tar.gz": NOW, "alpha-1.0.0.tar.gz": NOW - 9 * DAY, "alpha-1.1.0.tar.gz": NOW}
-    screened = pypidocs.screen_html(page, "alpha", rules(), times)
+    screened = pypidocs.screen_html(page, "alpha", rules(), Dates(times))
     assert screened.body == (
         b"<html><body>"
         b"<a href=\"https://f.example/p/alpha-1.0.0.tar.gz\" data-requires-python='>=3'>"
@@ -254,7 +254,7 @@ def test_html_pages_keep_their_links_intact_and_never_offer_a_young_file(
     releases = {v: (NOW - a if a is not None else None) for v, a in zip(names, ages, strict=True)}
     r = rules(age)
     page = html_page(releases)
-    screened = pypidocs.screen_html(page, "alpha", r, times_of(releases))
+    screened = pypidocs.screen_html(page, "alpha", r, Dates(times_of(releases)))
     body = screened.body if screened.body is not None else page
     original_lines = page.splitlines(keepends=True)
     lines = body.splitlines(keepends=True)

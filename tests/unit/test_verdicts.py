@@ -80,6 +80,14 @@ def test_a_missing_publish_time_is_let_through_and_noted_or_refused() -> None:
     assert refused is not None and refused.refused and "cache_release_age_missing=refuse" in refused.detail
 
 
+def test_a_version_not_yet_listed_by_a_recent_document_is_young() -> None:
+    verdict = rules().judge(NPM, "kilo", "2.0.0", None, after=NOW - DAY)
+    assert verdict is not None and verdict.refused and verdict.reason is Reason.YOUNG
+    assert "not yet listed by the registry at 2027-01-14T08:00:00Z" in verdict.detail
+    older = rules().judge(NPM, "kilo", "2.0.0", None, after=NOW - 4 * DAY)  # published any time since
+    assert older is not None and not older.refused and older.reason is Reason.MISSING
+
+
 def test_a_file_without_a_version_is_labelled_by_its_name() -> None:
     verdict = rules().judge(PYPI, "alpha", None, NOW, label="alpha-weird.egg")
     assert verdict is not None and verdict.version == "alpha-weird.egg"

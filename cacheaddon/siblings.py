@@ -1,0 +1,76 @@
+"""Sibling documents for the guard: the JSON form of a PyPI page, the full packument of an npm package,
+asked for through the cache like any request (fresh, revalidated, stale during an outage, offline), and the
+URL spellings the guard keys what it learns by."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from cacheaddon import documents, policy, rewrite
+from cacheaddon.policy import RequestView
+from cacheaddon.service import Reply
+
+# (request, url, origin) -> the cache's answer.
+Answer = Callable[[RequestView, str, str], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    body: bytes  # decoded
+    as_of: float  # when the registry last sent or confirmed it (now - its Age)
+
+
+# (url, accept) -> the document, or None when there is no 200 answer for it.
+Sibling = Callable[[str, str], Awaitable[Fetched | None]]
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port], the default port left out, as the upstream health keys spell it."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{rewrite.hostport(rewrite.Origin(scheme, (parts.hostname or '').lower(), port))}"
+
+
+def key_of(url: str) -> str:
+    """The URL as the cache keys it (policy.normalize_url)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return policy.normalize_url(
+        scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80), path
+    )
+
+
+def as_of(fields: list[tuple[str, str]], now: float) -> float:
+    """When an answer was last the registry's: now, less the Age the cache gave it."""
+    age = documents.field(fields, "age")
+    return now - int(age) if age is not None and age.isdigit() else now
+
+
+def sibling_via(answer: Answer, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
+    """Siblings of the document at `url` answered through the cache, with the client's credentials only
+    when they go to the origin the client sent them to."""
+    own = origin_of(url)
+    credentials = {k: v for k, v in request.headers.items() if k in policy.CREDENTIAL_HEADERS}
+
+    async def sibling(doc_url: str, accept: str) -> Fetched | None:
+        origin = origin_of(doc_url)
+        headers = {"accept": accept, "accept-encoding": "gzip", **(credentials if origin == own else {})}
+        reply = await answer(RequestView("GET", key_of(doc_url), headers), doc_url, origin)
+        status, fields = documents.status_fields(reply)
+        if status != 200:
+            await reply.discard()
+            return None
+        raw = await documents.read_whole(reply, doc_url, "to learn publish times from")
+        if isinstance(raw, documents.Unread):
+            await reply.discard()
+            return None
+        encoding = documents.field(fields, "content-encoding") or ""
+        body = await asyncio.to_thread(documents.decode, raw, encoding)
+        return None if body is None else Fetched(body, as_of(fields, clock()))
+
+    return sibling
