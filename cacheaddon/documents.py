@@ -11,9 +11,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from cacheaddon import decoding, responses
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.relay import Job
-from cacheaddon.service import Reply
+from cacheaddon.reply import Reply
 
 logger = logging.getLogger(__name__)
 

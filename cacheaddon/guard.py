@@ -20,14 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from cacheaddon import advisoryfeed, documents, npmdocs, policy, pypidocs, responses, versions
+from cacheaddon import advisoryfeed, conditional, documents, npmdocs, policy, pypidocs, responses, versions
 from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.entry import Entry
-from cacheaddon.policy import RequestView
-from cacheaddon.service import Reply
+from cacheaddon.keys import RequestView, redact
+from cacheaddon.policy import Outcome
+from cacheaddon.reply import Reply
+from cacheaddon.rulings import Dates, Reason, Rules, Ruling, Screened, quarantined
 from cacheaddon.settings import Settings
-from cacheaddon.siblings import Answer, Sibling, as_of, key_of, origin_of, sibling_via
-from cacheaddon.verdicts import Dates, Reason, Rules, Screened, Verdict, quarantined
+from cacheaddon.siblings import Ask, Sibling, as_of, key_of, origin_of, sibling_via
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +38,7 @@ _KNOWN_LIMIT = 1024  # packages remembered
 _LOGGED_LIMIT = 100_000  # (package, version, reason) lines logged once each, then the memory starts over
 # Not passed on for a document: it is answered whole, and the client's validators are checked against what
 # is finally sent.
-_WHOLE_DOCUMENT = (
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
-    "range",
-)
+_WHOLE_DOCUMENT = conditional.CONDITIONAL_FIELDS
 # Dropped from a filtered document's fields: it is a new representation, sent whole and unencoded.
 _REPRESENTATION = frozenset(
     {
@@ -102,7 +96,7 @@ class Guard:
         index = await self.feed.current()
         return Rules.of(self.settings, self.clock(), index, self.feed.generation)
 
-    async def answer(self, answer: Answer, request: RequestView, url: str, origin: str) -> Reply:
+    async def answer(self, answer: Ask, request: RequestView, url: str, origin: str) -> Reply:
         """The cache's answer to a GET or HEAD as the guard lets the client have it."""
         rules = await self.rules()
         sibling = sibling_via(answer, request, url, self.clock)
@@ -110,7 +104,7 @@ class Guard:
         if refusal is not None:
             self._record("refused a download:", refusal)
             detail = f"refused: {refusal.detail}"
-            return Reply(policy.Outcome.MISS, detail, responses.error(403, policy.redact(url), detail))
+            return Reply(Outcome.MISS, detail, responses.error(403, redact(url), detail))
         if policy.is_immutable(url, self.settings):
             return await answer(request, url, origin)
         # A HEAD's headers must be the filtered document's, so documents are fetched with GET.
@@ -121,7 +115,7 @@ class Guard:
 
     # --- downloads
 
-    async def refusal(self, url: str, rules: Rules, sibling: Sibling) -> Verdict | None:
+    async def refusal(self, url: str, rules: Rules, sibling: Sibling) -> Ruling | None:
         """Why a package file must not be served, or None (also for anything that is no package file)."""
         npm = npmdocs.tarball_document(url)
         if npm is not None:
@@ -146,11 +140,11 @@ class Guard:
         published, after = known.dates.of(filename) if known is not None else (None, None)
         return self._refused(rules.judge(versions.PYPI, project, version, published, filename, after))
 
-    def _refused(self, verdict: Verdict | None) -> Verdict | None:
-        if verdict is not None and not verdict.refused:
-            self._record("let through:", verdict)
+    def _refused(self, ruling: Ruling | None) -> Ruling | None:
+        if ruling is not None and not ruling.refused:
+            self._record("let through:", ruling)
             return None
-        return verdict
+        return ruling
 
     async def _known(
         self, doc_url: str, needed: str, sibling: Sibling, accept: str, max_age: float | None = None
@@ -203,8 +197,8 @@ class Guard:
         if screened is None or screened.body is None:
             return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, raw))
         self.counts["documents filtered"] += 1
-        for verdict in screened.removed:
-            self._record("hid from metadata:", verdict)
+        for ruling in screened.removed:
+            self._record("hid from metadata:", ruling)
         detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
         digest = hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()
         kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION]
@@ -236,8 +230,8 @@ class Guard:
                 self._learn(key_of(url), dict(screened.times), "active", when)
         else:
             return None
-        for verdict in screened.noted:
-            self._record("let through:", verdict)
+        for ruling in screened.noted:
+            self._record("let through:", ruling)
         return screened
 
     async def _dated(
@@ -265,18 +259,16 @@ class Guard:
             if origin not in self.index_bases and len(self.index_bases) < _KNOWN_LIMIT:
                 self.index_bases[origin] = base
 
-    def _record(self, action: str, verdict: Verdict) -> None:
+    def _record(self, action: str, ruling: Ruling) -> None:
         """Counts every one; logs each package, version and reason once."""
-        self.counts[f"{action.rstrip(':')} ({verdict.reason.value})"] += 1
-        key = (action, verdict.ecosystem, verdict.name, verdict.version, verdict.reason)
+        self.counts[f"{action.rstrip(':')} ({ruling.reason.value})"] += 1
+        key = (action, ruling.ecosystem, ruling.name, ruling.version, ruling.reason)
         if key in self._logged:
             return
         if len(self._logged) >= _LOGGED_LIMIT:
             self._logged.clear()
         self._logged.add(key)
-        logger.log(
-            logging.WARNING if verdict.refused else logging.INFO, "guard: %s %s", action, verdict.detail
-        )
+        logger.log(logging.WARNING if ruling.refused else logging.INFO, "guard: %s %s", action, ruling.detail)
 
 
 def _screenable(content_type: str, project: str | None) -> bool:
@@ -301,7 +293,7 @@ async def _conditional(reply: Reply, request: RequestView, url: str) -> Reply:
     if status != 200 or not (request.header("if-none-match") or request.header("if-modified-since")):
         return reply
     sent = Entry(url=url, status=200, reason="OK", headers=tuple(fields), stored_at=0.0, size=0, sha256="")
-    if not policy.client_has_current(sent, request):
+    if not conditional.client_has_current(sent, request):
         return reply
     await reply.discard()
     age = documents.field(fields, "age")

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from cacheaddon import versions
-from cacheaddon.verdicts import Dates, Rules, Screened, Verdict, parse_time
+from cacheaddon.rulings import Dates, Rules, Ruling, Screened, parse_time
 
 FULL_TYPE = "application/json"
 ABBREVIATED_TYPE = "application/vnd.npm.install-v1+json"
@@ -72,17 +72,17 @@ def screen(data: bytes, rules: Rules, known: Dates | None = None) -> Screened:
     name = doc["name"]
     own = times(doc)
     dates = Dates(own) if isinstance(doc.get("time"), dict) else known or Dates({})
-    removed: list[Verdict] = []
-    noted: list[Verdict] = []
+    removed: list[Ruling] = []
+    noted: list[Ruling] = []
     for version in list(doc["versions"]):
         published, after = dates.of(version)
-        verdict = rules.judge(versions.NPM, name, version, published, after=after)
-        if verdict is None:
+        ruling = rules.judge(versions.NPM, name, version, published, after=after)
+        if ruling is None:
             continue
-        if verdict.refused:
-            removed.append(verdict)
+        if ruling.refused:
+            removed.append(ruling)
         else:
-            noted.append(verdict)
+            noted.append(ruling)
     if not removed:
         return Screened(None, noted=tuple(noted), times=own)
     gone = {v.version for v in removed}

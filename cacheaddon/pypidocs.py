@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cacheaddon import versions
-from cacheaddon.verdicts import Dates, Rules, Screened, Verdict, parse_time, quarantined
+from cacheaddon.rulings import Dates, Rules, Ruling, Screened, parse_time, quarantined
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")
@@ -81,14 +81,14 @@ def _attributes(tag: bytes) -> dict[str, str]:
     }
 
 
-def _verdict(
+def _ruling(
     rules: Rules,
     project: str,
     filename: str,
     published: float | None,
     status: str,
     after: float | None = None,
-) -> Verdict | None:
+) -> Ruling | None:
     parsed = versions.pypi_file(filename)
     version = parsed[1] if parsed is not None else None
     if status == QUARANTINED:
@@ -104,20 +104,20 @@ def screen_json(data: bytes, project: str, rules: Rules) -> Screened:
     name = versions.normalize_name(versions.PYPI, str(doc.get("name") or project))
     status = json_status(doc)
     kept: list[Any] = []
-    removed: list[Verdict] = []
-    noted: list[Verdict] = []
+    removed: list[Ruling] = []
+    noted: list[Ruling] = []
     for item in doc["files"]:
         filename = item.get("filename") if isinstance(item, dict) else None
         if not isinstance(filename, str):
             kept.append(item)
             continue
-        verdict = _verdict(rules, name, filename, parse_time(item.get("upload-time")), status)
-        if verdict is not None and verdict.refused:
-            removed.append(verdict)
+        ruling = _ruling(rules, name, filename, parse_time(item.get("upload-time")), status)
+        if ruling is not None and ruling.refused:
+            removed.append(ruling)
         else:
             kept.append(item)
-            if verdict is not None:
-                noted.append(verdict)
+            if ruling is not None:
+                noted.append(ruling)
     dates = json_times(doc)
     links = tuple(f["url"] for f in doc["files"] if isinstance(f, dict) and isinstance(f.get("url"), str))
     body = None
@@ -129,7 +129,7 @@ def screen_json(data: bytes, project: str, rules: Rules) -> Screened:
     return Screened(body, tuple(removed), noted=tuple(noted), times=dates, status=status, links=links)
 
 
-def _remaining_versions(listed: list[Any], removed: list[Verdict], kept: list[Any], status: str) -> list[Any]:
+def _remaining_versions(listed: list[Any], removed: list[Ruling], kept: list[Any], status: str) -> list[Any]:
     """`versions` without those whose every file was hidden (all of them for a quarantined project)."""
     if status == QUARANTINED:
         return []
@@ -160,8 +160,8 @@ def screen_html(data: bytes, project: str, rules: Rules, known: Dates | None) ->
     """The HTML project page as the guard serves it; its upload times come from the JSON form of the same
     page (`known`, None when it could not be had)."""
     status = html_status(data)
-    removed: list[Verdict] = []
-    noted: list[Verdict] = []
+    removed: list[Ruling] = []
+    noted: list[Ruling] = []
     links: list[str] = []
 
     def keep_or_drop(match: re.Match[bytes]) -> bytes:
@@ -170,12 +170,12 @@ def screen_html(data: bytes, project: str, rules: Rules, known: Dates | None) ->
             links.append(html.unescape((href[1] or href[2] or href[3]).decode("utf-8", "replace")))
         filename = _anchor_filename(match["attrs"], match["text"])
         published, after = known.of(filename) if known is not None else (None, None)
-        verdict = _verdict(rules, project, filename, published, status, after)
-        if verdict is not None and verdict.refused:
-            removed.append(verdict)
+        ruling = _ruling(rules, project, filename, published, status, after)
+        if ruling is not None and ruling.refused:
+            removed.append(ruling)
             return b""
-        if verdict is not None:
-            noted.append(verdict)
+        if ruling is not None:
+            noted.append(ruling)
         return match[0]
 
     body = _ANCHOR.sub(keep_or_drop, data)

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from cacheaddon import documents, policy, rewrite
-from cacheaddon.policy import RequestView
-from cacheaddon.service import Reply
+from cacheaddon import documents, keys
+from cacheaddon.keys import RequestView
+from cacheaddon.reply import Reply
+from cacheaddon.routing import url_of
 
-# (request, url, origin) -> the cache's answer.
-Answer = Callable[[RequestView, str, str], Awaitable[Reply]]
+# (request, url, origin) -> the cache's answer: what the guard asks the cache with.
+Ask = Callable[[RequestView, str, str], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -27,22 +28,22 @@ class Fetched:
 Sibling = Callable[[str, str], Awaitable[Fetched | None]]
 
 
-def origin_of(url: str) -> str:
-    """scheme://host[:port], the default port left out, as the upstream health keys spell it."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{rewrite.hostport(rewrite.Origin(scheme, (parts.hostname or '').lower(), port))}"
-
-
-def key_of(url: str) -> str:
-    """The URL as the cache keys it (policy.normalize_url)."""
+def _parts(url: str) -> tuple[str, str, int, str]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return policy.normalize_url(
-        scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80), path
-    )
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80), path
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port], as the routes spell an origin (its back-off key)."""
+    scheme, host, port, _ = _parts(url)
+    return url_of(scheme, host, port, "")
+
+
+def key_of(url: str) -> str:
+    """The URL as the cache keys it (keys.normalize_url)."""
+    return keys.normalize_url(*_parts(url))
 
 
 def as_of(fields: list[tuple[str, str]], now: float) -> float:
@@ -51,11 +52,11 @@ def as_of(fields: list[tuple[str, str]], now: float) -> float:
     return now - int(age) if age is not None and age.isdigit() else now
 
 
-def sibling_via(answer: Answer, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
+def sibling_via(answer: Ask, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
     """Siblings of the document at `url` answered through the cache, with the client's credentials only
     when they go to the origin the client sent them to."""
     own = origin_of(url)
-    credentials = {k: v for k, v in request.headers.items() if k in policy.CREDENTIAL_HEADERS}
+    credentials = {k: v for k, v in request.headers.items() if k in keys.CREDENTIAL_HEADERS}
 
     async def sibling(doc_url: str, accept: str) -> Fetched | None:
         origin = origin_of(doc_url)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cacheaddon.verdicts import format_time
+from cacheaddon.rulings import format_time
 
 from .clients import (
     Proxy,

@@ -16,9 +16,10 @@ from cacheaddon import responses
 from cacheaddon import settings as options
 from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.guard import Guard
-from cacheaddon.policy import Outcome, RequestView
-from cacheaddon.service import Reply
-from cacheaddon.verdicts import format_time
+from cacheaddon.keys import RequestView
+from cacheaddon.policy import Outcome
+from cacheaddon.reply import Reply
+from cacheaddon.rulings import format_time
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

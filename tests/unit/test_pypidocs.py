@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cacheaddon import advisories, pypidocs
 from cacheaddon import settings as options
-from cacheaddon.verdicts import Dates, Reason, Rules, format_time
+from cacheaddon.rulings import Dates, Reason, Rules, format_time
 
 NOW = 1_800_000_000.0
 DAY = 86400.0

@@ -23,7 +23,7 @@ class Reason(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Ruling:
     refused: bool
     reason: Reason
     ecosystem: str
@@ -106,7 +106,7 @@ class Rules:
         text = repr((self.min_age, self.exempt, self.refuse_missing, self.generation))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def advised(self, ecosystem: str, name: str, version: str | None) -> Verdict | None:
+    def advised(self, ecosystem: str, name: str, version: str | None) -> Ruling | None:
         """The refusal of a version an advisory names, else None."""
         advisory = self.advisories.advisory_for(ecosystem, name, version) if version is not None else None
         if advisory is None or version is None:
@@ -114,7 +114,7 @@ class Rules:
         detail = (
             f"{ecosystem} package {name} {version} is named by advisory {advisory} (cache_block_advisories)"
         )
-        return Verdict(True, Reason.ADVISORY, ecosystem, name, version, detail, advisory)
+        return Ruling(True, Reason.ADVISORY, ecosystem, name, version, detail, advisory)
 
     def judge(
         self,
@@ -124,7 +124,7 @@ class Rules:
         published: float | None,
         label: str | None = None,
         after: float | None = None,
-    ) -> Verdict | None:
+    ) -> Ruling | None:
         """None when the version may be seen; else why not (or, for a missing publish time that is let
         through, refused=False). `label` names it where the version is unknown (a file name); `after`, when
         the publish time is unknown, is a time it is known to be later than (a document fetched then did
@@ -140,24 +140,24 @@ class Rules:
                 f"{ecosystem} package {name} {shown} was not yet listed by the registry at "
                 f"{format_time(after)}, less than cache_min_release_age ({self.min_age_text}) ago"
             )
-            return Verdict(True, Reason.YOUNG, ecosystem, name, shown, detail)
+            return Ruling(True, Reason.YOUNG, ecosystem, name, shown, detail)
         if published is None:
             detail = f"{ecosystem} package {name} {shown} has no known publish time"
             if self.refuse_missing:
                 detail += " (cache_release_age_missing=refuse)"
-            return Verdict(self.refuse_missing, Reason.MISSING, ecosystem, name, shown, detail)
+            return Ruling(self.refuse_missing, Reason.MISSING, ecosystem, name, shown, detail)
         if published > self.cutoff:
             detail = (
                 f"{ecosystem} package {name} {shown} was published {format_time(published)}, less than "
                 f"cache_min_release_age ({self.min_age_text}) ago"
             )
-            return Verdict(True, Reason.YOUNG, ecosystem, name, shown, detail)
+            return Ruling(True, Reason.YOUNG, ecosystem, name, shown, detail)
         return None
 
 
-def quarantined(ecosystem: str, name: str, label: str = "") -> Verdict:
+def quarantined(ecosystem: str, name: str, label: str = "") -> Ruling:
     detail = f"{ecosystem} project {name} is quarantined upstream (PEP 792 project status)"
-    return Verdict(True, Reason.QUARANTINED, ecosystem, name, label or "*", detail)
+    return Ruling(True, Reason.QUARANTINED, ecosystem, name, label or "*", detail)
 
 
 @dataclass(frozen=True)
@@ -165,9 +165,9 @@ class Screened:
     """A document after the guard: `body` None when nothing had to change."""
 
     body: bytes | None
-    removed: tuple[Verdict, ...] = ()  # one per version (or file) hidden
+    removed: tuple[Ruling, ...] = ()  # one per version (or file) hidden
     moved: tuple[tuple[str, str, str | None], ...] = ()  # npm dist-tags: (tag, from, to or None: dropped)
-    noted: tuple[Verdict, ...] = ()  # let through without a publish time
+    noted: tuple[Ruling, ...] = ()  # let through without a publish time
     # What the document itself tells, for the downloads that follow: publish times (by PyPI file name or
     # npm version), the PEP 792 project status, and the PyPI file links as written.
     times: Mapping[str, float | None] = field(default_factory=dict)
@@ -182,14 +182,14 @@ class Screened:
     def summary(self, rules: Rules) -> str:
         """The X-Cache-Detail text: 'filtered: 2 versions younger than 3d, latest 2.0.0 -> 1.1.0'."""
         groups: dict[str, set[str]] = {}
-        for verdict in self.removed:
+        for ruling in self.removed:
             why = {
                 Reason.YOUNG: f"younger than {rules.min_age_text}",
-                Reason.ADVISORY: f"named by {verdict.advisory}",
+                Reason.ADVISORY: f"named by {ruling.advisory}",
                 Reason.MISSING: "without a publish time",
                 Reason.QUARANTINED: "of a project quarantined upstream",
-            }[verdict.reason]
-            groups.setdefault(why, set()).add(verdict.version)
+            }[ruling.reason]
+            groups.setdefault(why, set()).add(ruling.version)
         parts = [f"{len(v)} version{'s' if len(v) != 1 else ''} {why}" for why, v in groups.items()]
         parts += [f"{tag} {old} -> {new or 'dropped'}" for tag, old, new in self.moved]
         return "filtered: " + ", ".join(parts) if parts else ""

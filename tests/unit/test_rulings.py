@@ -1,4 +1,4 @@
-"""The guard's verdict on one version: release age, exemptions, missing dates, advisories."""
+"""The guard's ruling on one version: release age, exemptions, missing dates, advisories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from cacheaddon import advisories, settings
-from cacheaddon.verdicts import Reason, Rules, Screened, parse_time, quarantined
+from cacheaddon.rulings import Reason, Rules, Screened, parse_time, quarantined
 from cacheaddon.versions import NPM, PYPI
 
 NOW = 1_800_000_000.0
@@ -38,17 +38,17 @@ def test_parse_time(text: object, expected: float | None) -> None:
 
 
 def test_young_versions_are_refused_naming_package_version_time_and_option() -> None:
-    verdict = rules().judge(NPM, "kilo", "2.0.0", NOW - 60)
-    assert verdict is not None and verdict.refused and verdict.reason is Reason.YOUNG
-    assert "kilo" in verdict.detail and "2.0.0" in verdict.detail
-    assert "cache_min_release_age (3d)" in verdict.detail
-    assert "2027-01-15T07:59:00Z" in verdict.detail  # NOW - 60 s
+    ruling = rules().judge(NPM, "kilo", "2.0.0", NOW - 60)
+    assert ruling is not None and ruling.refused and ruling.reason is Reason.YOUNG
+    assert "kilo" in ruling.detail and "2.0.0" in ruling.detail
+    assert "cache_min_release_age (3d)" in ruling.detail
+    assert "2027-01-15T07:59:00Z" in ruling.detail  # NOW - 60 s
 
 
 @pytest.mark.parametrize(("age", "refused"), [(3 * DAY + 1, False), (3 * DAY, False), (3 * DAY - 1, True)])
 def test_the_cutoff(age: float, refused: bool) -> None:
-    verdict = rules().judge(PYPI, "alpha", "1.0", NOW - age)
-    assert (verdict is not None and verdict.refused) is refused
+    ruling = rules().judge(PYPI, "alpha", "1.0", NOW - age)
+    assert (ruling is not None and ruling.refused) is refused
 
 
 def test_off_means_no_age_check_at_all() -> None:
@@ -69,8 +69,8 @@ def test_off_means_no_age_check_at_all() -> None:
     ],
 )
 def test_exempt_packages_get_their_newest(exempt: str, ecosystem: str, name: str, spared: bool) -> None:
-    verdict = rules(cache_release_age_exempt=[exempt]).judge(ecosystem, name, "2.0.0", NOW)
-    assert (verdict is None) is spared
+    ruling = rules(cache_release_age_exempt=[exempt]).judge(ecosystem, name, "2.0.0", NOW)
+    assert (ruling is None) is spared
 
 
 def test_a_missing_publish_time_is_let_through_and_noted_or_refused() -> None:
@@ -81,25 +81,25 @@ def test_a_missing_publish_time_is_let_through_and_noted_or_refused() -> None:
 
 
 def test_a_version_not_yet_listed_by_a_recent_document_is_young() -> None:
-    verdict = rules().judge(NPM, "kilo", "2.0.0", None, after=NOW - DAY)
-    assert verdict is not None and verdict.refused and verdict.reason is Reason.YOUNG
-    assert "not yet listed by the registry at 2027-01-14T08:00:00Z" in verdict.detail
+    ruling = rules().judge(NPM, "kilo", "2.0.0", None, after=NOW - DAY)
+    assert ruling is not None and ruling.refused and ruling.reason is Reason.YOUNG
+    assert "not yet listed by the registry at 2027-01-14T08:00:00Z" in ruling.detail
     older = rules().judge(NPM, "kilo", "2.0.0", None, after=NOW - 4 * DAY)  # published any time since
     assert older is not None and not older.refused and older.reason is Reason.MISSING
 
 
 def test_a_file_without_a_version_is_labelled_by_its_name() -> None:
-    verdict = rules().judge(PYPI, "alpha", None, NOW, label="alpha-weird.egg")
-    assert verdict is not None and verdict.version == "alpha-weird.egg"
+    ruling = rules().judge(PYPI, "alpha", None, NOW, label="alpha-weird.egg")
+    assert ruling is not None and ruling.version == "alpha-weird.egg"
 
 
 def test_advisories_apply_even_to_exempt_and_old_versions() -> None:
     kilo = {"package": {"ecosystem": "npm", "name": "kilo"}, "versions": ["1.0.0"]}
     index = advisories.build_index([{"id": "MAL-9", "affected": [kilo]}], include_all=False)
     r = dataclasses.replace(rules(cache_release_age_exempt=["npm:kilo"]), advisories=index)
-    verdict = r.judge(NPM, "kilo", "1.0.0", NOW - 400 * DAY)
-    assert verdict is not None and verdict.refused and verdict.advisory == "MAL-9"
-    assert "MAL-9" in verdict.detail and "cache_block_advisories" in verdict.detail
+    ruling = r.judge(NPM, "kilo", "1.0.0", NOW - 400 * DAY)
+    assert ruling is not None and ruling.refused and ruling.advisory == "MAL-9"
+    assert "MAL-9" in ruling.detail and "cache_block_advisories" in ruling.detail
     assert r.judge(NPM, "kilo", "1.0.1", NOW - 400 * DAY) is None
 
 
