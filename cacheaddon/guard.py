@@ -96,20 +96,20 @@ class Guard:
         index = await self.feed.current()
         return Rules.of(self.settings, self.clock(), index, self.feed.generation)
 
-    async def answer(self, answer: Ask, request: RequestView, url: str, origin: str) -> Reply:
-        """The cache's answer to a GET or HEAD as the guard lets the client have it."""
+    async def answer(self, ask: Ask, request: RequestView, url: str, origin: str) -> Reply:
+        """The cache's answer to a GET or HEAD (what `ask` gets) as the guard lets the client have it."""
         rules = await self.rules()
-        sibling = sibling_via(answer, request, url, self.clock)
+        sibling = sibling_via(ask, request, url, self.clock)
         refusal = await self.refusal(url, rules, sibling)
         if refusal is not None:
             self._record("refused a download:", refusal)
             detail = f"refused: {refusal.detail}"
             return Reply(Outcome.MISS, detail, responses.error(403, redact(url), detail))
         if policy.is_immutable(url, self.settings):
-            return await answer(request, url, origin)
+            return await ask(request, url, origin)
         # A HEAD's headers must be the filtered document's, so documents are fetched with GET.
         headers = {k: v for k, v in request.headers.items() if k not in _WHOLE_DOCUMENT}
-        reply = await answer(RequestView("GET", request.url, headers), url, origin)
+        reply = await ask(RequestView("GET", request.url, headers), url, origin)
         reply = await self.screen(reply, url, rules, sibling)
         return await _conditional(reply, request, url)
 

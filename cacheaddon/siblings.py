@@ -52,7 +52,7 @@ def as_of(fields: list[tuple[str, str]], now: float) -> float:
     return now - int(age) if age is not None and age.isdigit() else now
 
 
-def sibling_via(answer: Ask, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
+def sibling_via(ask: Ask, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
     """Siblings of the document at `url` answered through the cache, with the client's credentials only
     when they go to the origin the client sent them to."""
     own = origin_of(url)
@@ -61,7 +61,7 @@ def sibling_via(answer: Ask, request: RequestView, url: str, clock: Callable[[],
     async def sibling(doc_url: str, accept: str) -> Fetched | None:
         origin = origin_of(doc_url)
         headers = {"accept": accept, "accept-encoding": "gzip", **(credentials if origin == own else {})}
-        reply = await answer(RequestView("GET", key_of(doc_url), headers), doc_url, origin)
+        reply = await ask(RequestView("GET", key_of(doc_url), headers), doc_url, origin)
         status, fields = documents.status_fields(reply)
         if status != 200:
             await reply.discard()
