@@ -429,6 +429,9 @@ CacheDirLevels 2
 CacheDirLength 1
 CacheMaxFileSize 1073741824
 CacheHeader on
+# as a build cache is set up: a client's "Cache-Control: max-age=0" (pip sends it for index pages) does not
+# make every hit a round trip to the origin
+CacheIgnoreCacheControl On
 # concurrent misses: one request fills the entry, the others are passed to the origin meanwhile
 CacheLock on
 CacheLockPath "{prefix}/cache/.lock"

@@ -292,7 +292,7 @@ def pip_download(bench: Bench, index: str, proxy: str | None, wheels: dict[str, 
 
 
 def npm_install(bench: Bench, workload: str, registry: str, proxy: str | None) -> float:
-    source = benchdata.DATA / workload
+    source = benchdata.DATA / ("npm-small" if workload == "npm" else workload)
     project = Path(tempfile.mkdtemp(dir=bench.work, prefix="npm-"))
     shutil.copy(source / "package.json", project / "package.json")
     lockfile = workload == "npm-large"
