@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from cacheaddon import clientconfig, registries, workers
+from cacheaddon import clientconfig, leanaddons, registries, workers
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
@@ -215,6 +215,8 @@ def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> t
             except exceptions.OptionsError as e:
                 _fail("run", str(e))
                 sys.exit(1)
+            # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
+            leanaddons.prune(self.addons, self.options)
             await super().run()
 
     return CacheMaster
