@@ -150,8 +150,10 @@ def run_command(args: argparse.Namespace, mitm_args: list[str], addon_factory: A
     ready_fd = workers.worker_fd()
     if count > 1 and ready_fd is None:
         run_args = ["run", *(f"--registry={spec}" for spec in args.registry), *mitm_args]
-        confdir = workers.confdir_of(mitm_args, str(Path(DEFAULT_CONFDIR).expanduser()))
-        return workers.supervise(count, run_args, confdir)
+        # The CA the workers will share: where they will look for it, as large as they would make it.
+        confdir = ([DEFAULT_CONFDIR] + _set_values(mitm_args, "confdir"))[-1]
+        key_size = ["2048"] + [v for v in _set_values(mitm_args, "key_size") if v.isdigit()]
+        return workers.supervise(count, run_args, str(Path(confdir).expanduser()), int(key_size[-1]))
     return run_proxy(mitm_args, args.registry, addon_factory, ready_fd)
 
 

@@ -22,7 +22,6 @@ import time
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 WORKER_ENV = "CACHEADDON_WORKER_READY_FD"  # set in a worker: the pipe to write one byte to once listening
@@ -43,7 +42,24 @@ def worker_count(text: str) -> int:
 def worker_fd() -> int | None:
     """In a worker: the readiness pipe's descriptor (and the variable is cleared for what it starts)."""
     value = os.environ.pop(WORKER_ENV, None)
-    return int(value) if value and value.isdigit() else None
+    if not value or not value.isdigit():
+        return None
+    _die_with_parent()
+    return int(value)
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGTERM when its supervisor dies, even by SIGKILL: no orphan keeps the port (Linux)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def share_listen_ports() -> None:
@@ -162,7 +178,7 @@ class Supervisor:
             self._poll_ready(0.2)
             if not first.ready and first.proc.poll() is not None:
                 self._reaped(first)
-                return first.proc.returncode or 1
+                return first.proc.returncode if first.proc.returncode > 0 else 1
         for number in range(2, self.count + 1):
             self.spawn(number)
         pids = ", ".join(str(w.proc.pid) for w in self.workers.values())
@@ -212,23 +228,12 @@ class Supervisor:
             self._reaped(worker)
 
 
-def supervise(count: int, run_args: Sequence[str], confdir: str) -> int:
+def supervise(count: int, run_args: Sequence[str], confdir: str, key_size: int = 2048) -> int:
     """Run `cacheaddon run RUN_ARGS` as `count` workers until SIGINT/SIGTERM; the exit status."""
     try:
-        ensure_ca(confdir)
+        ensure_ca(confdir, key_size)
     except Exception as exc:  # mitmproxy's CertStore raises OSError and its own errors alike
         print(f"cacheaddon run: cannot create mitmproxy's CA in {confdir}: {exc}", file=sys.stderr)
         return 1
     argv = [sys.executable, "-m", "cacheaddon.cli", *run_args]
     return Supervisor(count, argv).run()
-
-
-def confdir_of(mitm_args: Sequence[str], default: str) -> str:
-    """The confdir the workers will use: the last `--set confdir=` value, else mitmproxy's default."""
-    values = [
-        a.partition("=")[2]
-        for prev, a in zip(["", *mitm_args], mitm_args, strict=False)
-        if prev == "--set" and a.startswith("confdir=")
-    ]
-    values += [a.removeprefix("--set=confdir=") for a in mitm_args if a.startswith("--set=confdir=")]
-    return str(Path(values[-1]).expanduser()) if values else default

@@ -216,3 +216,12 @@ def test_a_bad_worker_count_is_refused(value: str) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == f"cacheaddon run: --workers: expected a number >= 1 or auto, not {value!r}\n"
+
+
+def test_workers_exit_when_the_supervisor_is_killed(supervisor: tuple[subprocess.Popen[bytes], int]) -> None:
+    proc, port = supervisor
+    workers = _children(proc.pid)
+    proc.kill()  # no chance to stop them itself
+    proc.wait(10)
+    _wait_for(lambda: not any(_alive(pid) for pid in workers), "orphaned workers to exit", 30)
+    _wait_for(lambda: not _server_side_inodes(port, "0A"), "the port to close", 10)

@@ -1,4 +1,4 @@
-"""The pure parts of `cacheaddon run --workers`: the count and the confdir the supervisor prepares."""
+"""The pure part of `cacheaddon run --workers`: the count."""
 
 from __future__ import annotations
 
@@ -18,17 +18,3 @@ def test_worker_count(text: str, count: int) -> None:
 def test_worker_count_refuses_what_is_not_a_count(text: str) -> None:
     with pytest.raises(ValueError, match=r"^--workers: "):
         workers.worker_count(text)
-
-
-@pytest.mark.parametrize(
-    ("args", "confdir"),
-    [
-        ([], "/default"),
-        (["--set", "confdir=/a"], "/a"),
-        (["--set=confdir=/b", "-p", "1"], "/b"),
-        (["--set", "confdir=/a", "--set", "confdir=/c"], "/c"),
-        (["--set", "cache_dir=/x"], "/default"),
-    ],
-)
-def test_confdir_of(args: list[str], confdir: str) -> None:
-    assert workers.confdir_of(args, "/default") == confdir
