@@ -47,6 +47,8 @@ import benchload
 import httpx
 from benchlib import MiB, Process
 
+HITS = "36 KB index page, 8 connections"
+LARGE = "5 MB file, 8 connections"
 PAGE = "/abs" + benchlib.INDEX_PAGE
 BIG = benchlib.data_path(5 * MiB, "big-0000.tar.gz")  # listed by the origin's project big-1x5242880
 BIG_PROJECT = benchlib.project_name("big", 1, 5 * MiB)
@@ -169,7 +171,7 @@ def hit_loads(bench: Bench, origin: str, servers: list[Server]) -> None:
     origin_host = origin.removeprefix("http://")
     page_sha = _sha(benchlib.simple_page(benchlib.INDEX_PAGE.split("/")[2], origin) or b"")
     big_sha = benchlib.expected_sha256(BIG, 5 * MiB)
-    for load, path, sha in (("hits", PAGE, page_sha), ("MB/s", BIG, big_sha)):
+    for load, path, sha in ((HITS, PAGE, page_sha), (LARGE, BIG, big_sha)):
         for server in servers:
             label = server.name
             if server.name == "proxpi":
@@ -218,7 +220,7 @@ def hit_loads(bench: Bench, origin: str, servers: list[Server]) -> None:
                 result.bytes_read >= 0.95 * result.requests * body,
                 f"{what}: answers shorter than {body} bytes",
             )
-            value = result.rate if load == "hits" else result.requests * body / 1e6 / result.seconds
+            value = result.rate if load == HITS else result.requests * body / 1e6 / result.seconds
             bench.record(load, label, value)
             print(f"{what}: {value:.0f} ({result.requests} answers of {body} bytes)", flush=True)
 
@@ -385,10 +387,12 @@ def installs(bench: Bench, registry: tuple[str, str], rounds: int, large_rounds:
                     before = registry_requests(registry)
                     warm = run()
                     reached = registry_requests(registry) - before
-                    if name != "direct":
+                    if name.startswith("cacheaddon"):
                         bench.failures.check(
                             reached == 0, f"{workload} {name}: warm run asked the registry {reached} times"
                         )
+                    elif reached and name != "direct":  # their configuration's business: reported, not failed
+                        bench.record(f"{workload} warm: registry requests", name, reached)
                     bench.record(f"{workload} cold", name, cold)
                     bench.record(f"{workload} warm", name, warm)
                     print(f"{workload} round {r + 1} {name}: cold {cold:.2f}s, warm {warm:.2f}s", flush=True)
@@ -411,7 +415,8 @@ def memory(bench: Bench) -> None:
         found = re.match(r"memory (\w+) peak_rss_mb=(\d+) delta_mb=(-?\d+) .* ok=(\w+)", line)
         if found:
             label = {"cold_miss": "miss", "cached_hit": "hit"}[found[1]]
-            bench.record(f"memory growth MB, {bench.args.memory_size} {label}", "cacheaddon", float(found[3]))
+            key = f"memory: peak RSS growth, {bench.args.memory_size} {label}"
+            bench.record(key, "cacheaddon forward", float(found[3]))
             bench.failures.check(found[4] == "yes", f"memory {found[1]}: the download was wrong")
     bench.failures.check(done.returncode == 0, f"memory: bench_memory.py exited {done.returncode}")
 
@@ -428,28 +433,28 @@ ORDER = (
     "cacheaddon forward",
     "cacheaddon workers=2",
 )
-BASELINES = {"hits": "bare mitmproxy", "MB/s": "bare mitmproxy"}
-UNITS = {"hits": "hits/s", "MB/s": "MB/s", "herd upstream requests": "requests", "herd last / lone": "x"}
+BASELINES = {HITS: "bare mitmproxy", LARGE: "bare mitmproxy"}
+UNITS = {HITS: "hits/s", LARGE: "MB/s", "herd upstream requests": "requests", "herd last / lone": "x"}
 TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
     # (label, workload, setup, against, bound, "min"|"max")
     (
         "small hits, endpoint >= 0.9x bare mitmproxy",
-        "hits",
+        HITS,
         "cacheaddon endpoint",
         "bare mitmproxy",
         0.9,
         "min",
     ),
-    ("small hits, --workers 2 >= proxpi", "hits", "cacheaddon workers=2", "proxpi", 1.0, "min"),
+    ("small hits, --workers 2 >= proxpi", HITS, "cacheaddon workers=2", "proxpi", 1.0, "min"),
     (
         "5 MB hits, endpoint >= 0.9x bare mitmproxy",
-        "MB/s",
+        LARGE,
         "cacheaddon endpoint",
         "bare mitmproxy",
         0.9,
         "min",
     ),
-    ("5 MB hits, --workers 2 >= 0.5x nginx", "MB/s", "cacheaddon workers=2", "nginx", 0.5, "min"),
+    ("5 MB hits, --workers 2 >= 0.5x nginx", LARGE, "cacheaddon workers=2", "nginx", 0.5, "min"),
     ("warm pip, endpoint <= 1.0x direct", "pip warm", "cacheaddon endpoint", "direct", 1.0, "max"),
     ("warm pip, endpoint <= 1.1x nginx", "pip warm", "cacheaddon endpoint", "nginx", 1.1, "max"),
     ("warm pip, endpoint <= 1.1x proxpi", "pip warm", "cacheaddon endpoint", "proxpi", 1.1, "max"),
@@ -494,7 +499,8 @@ def report(bench: Bench, started_at: float) -> str:
             if base == base and base:
                 text += f" ({v / base:.2f}x)"
             cells.append(text)
-        unit = UNITS.get(workload, "s")
+        unit = UNITS.get(workload, "requests" if workload.endswith("requests") else "s")
+        unit = "MB" if workload.startswith("memory") else unit
         lines.append(f"| {workload} ({unit}) | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for label, workload, setup, against, bound, sense in TARGETS:
@@ -515,7 +521,7 @@ def report(bench: Bench, started_at: float) -> str:
         )
     for workload, by_setup in res.items():
         if workload.startswith("memory"):
-            v = max(by_setup["cacheaddon"])
+            v = max(by_setup["cacheaddon forward"])
             lines.append(f"| {workload} < 64 | {v:.0f} MB | {'yes' if v < 64 else 'NO'} |")
     lines += ["", *(f"FAILED {f}" for f in bench.failures)]
     return "\n".join(lines) + "\n"
@@ -534,7 +540,7 @@ def chart(bench: Bench, path: Path) -> None:
             continue
         base = _median(by_setup[base_name])
         ratios = {s: _median(v) / base for s, v in by_setup.items()}
-        if workload in BASELINES:  # throughput: higher is better; shown as time per unit too
+        if workload in BASELINES:  # throughput: higher is better; charted as time per answer like the rest
             ratios = {s: 1 / r for s, r in ratios.items() if r}
         rows.append((workload, ratios))
     if not rows:
