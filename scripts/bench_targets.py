@@ -74,6 +74,7 @@ class Server:
     procs: list[Process]
     forward: str | None = None
     base: str | None = None
+    shares: Server | None = None  # another setup's process (the forward proxy of an endpoint's process)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -204,10 +205,13 @@ def hit_loads(bench: Bench, origin: str, servers: list[Server]) -> None:
             ):
                 continue
             before = benchlib.origin_requests(origin)
+            procs = server.procs or (server.shares.procs if server.shares else [])
+            cpu = sum(benchlib.tree_cpu_seconds(p.pid) for p in procs)
             result = benchload.run_wrk(
                 connect, target, host.removeprefix("http://"), bench.work, seconds=bench.args.seconds
             )
             reached = benchlib.origin_requests(origin) - before
+            cpu = sum(benchlib.tree_cpu_seconds(p.pid) for p in procs) - cpu
             body = int(answer.headers.get("content-length", len(answer.content)))  # as sent: maybe gzip
             bench.failures.check(
                 reached == 0, f"{what}: the origin was asked {reached} times during the load"
@@ -222,6 +226,8 @@ def hit_loads(bench: Bench, origin: str, servers: list[Server]) -> None:
             )
             value = result.rate if load == HITS else result.requests * body / 1e6 / result.seconds
             bench.record(load, label, value)
+            if server.procs or server.shares:
+                bench.record(f"{load}: CPU ms per answer", label, 1000 * cpu / max(result.requests, 1))
             print(f"{what}: {value:.0f} ({result.requests} answers of {body} bytes)", flush=True)
 
 
@@ -433,8 +439,16 @@ ORDER = (
     "cacheaddon forward",
     "cacheaddon workers=2",
 )
-BASELINES = {HITS: "bare mitmproxy", LARGE: "bare mitmproxy"}
-UNITS = {HITS: "hits/s", LARGE: "MB/s", "herd upstream requests": "requests", "herd last / lone": "x"}
+THROUGHPUT = (HITS, LARGE)  # higher is better; every other row is a time or a count
+BASELINES = {w: "bare mitmproxy" for t in THROUGHPUT for w in (t, t + ": CPU ms per answer")}
+UNITS = {
+    HITS: "hits/s",
+    HITS + ": CPU ms per answer": "ms",
+    LARGE + ": CPU ms per answer": "ms",
+    LARGE: "MB/s",
+    "herd upstream requests": "requests",
+    "herd last / lone": "x",
+}
 TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
     # (label, workload, setup, against, bound, "min"|"max")
     (
@@ -540,7 +554,7 @@ def chart(bench: Bench, path: Path) -> None:
             continue
         base = _median(by_setup[base_name])
         ratios = {s: _median(v) / base for s, v in by_setup.items()}
-        if workload in BASELINES:  # throughput: higher is better; charted as time per answer like the rest
+        if workload in THROUGHPUT:  # charted as time per answer, like the rest
             ratios = {s: 1 / r for s, r in ratios.items() if r}
         rows.append((workload, ratios))
     if not rows:
@@ -627,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(bench.proxpi_server(origin))
             servers.append(bench.bare(origin))
             ca = bench.cacheaddon(origin, name="cacheaddon endpoint")
-            servers += [ca, Server("cacheaddon forward", [], ca.forward, ca.base)]
+            servers += [ca, Server("cacheaddon forward", [], ca.forward, ca.base, shares=ca)]
             if bench.workers:
                 servers.append(bench.cacheaddon(origin, workers=2, name="cacheaddon workers=2"))
         if "hits" in args.workloads:

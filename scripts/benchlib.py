@@ -309,6 +309,20 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid` and its live descendants: on a shared machine, what a
+    server spends per answer is steadier than how many answers it manages."""
+    total = 0.0
+    for p in [pid, *(child for child, _ in descendants(pid))]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def tree_hwm_kb(pid: int) -> int:
     """VmHWM of `pid` plus that of each of its live descendants (nginx, Apache, gunicorn serve from them)."""
     total = proc_status_kb(pid, "VmHWM")
