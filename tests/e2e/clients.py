@@ -574,12 +574,14 @@ def uv_install(
     timeout: float = 120,
     *,
     extra_args: Iterable[str] = (),
+    settings: Mapping[str, str] | None = None,
 ) -> ClientResult:
-    """`uv pip install --no-cache` into a fresh, pip-less venv (env via uv_env); result.dir is the venv."""
+    """`uv pip install --no-cache` into a fresh, pip-less venv (env via uv_env, then the UV_* `settings`);
+    result.dir is the venv."""
     uv = uv_binary()
     if uv is None:
         raise FileNotFoundError("uv is not installed")
-    env = uv_env(env)
+    env = uv_env(env) | dict(settings or {})
     venv = Path(tempfile.mkdtemp(prefix="uv-venv-", dir=tmp_path))
     made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env, 60, tmp_path)
     made.dir = venv
