@@ -10,12 +10,14 @@ import pytest
 
 from . import fakemaven, packages
 from .fakecrates import SMALL, Crate
+from .fakegoproxy import HOTEL, GoModule
 
 BUILDERS: dict[str, Callable[[], bytes]] = {
     "crate": lambda: Crate(SMALL.name, SMALL.version, SMALL.deps).data,
     "npm tarball": lambda: packages.make_npm_tarball("kilo", "1.0.0", {"lima": "^2"}),
     "wheel": lambda: packages.make_wheel("alpha", "1.0.0", ("echo>=3",))[1],
     "jar": lambda: fakemaven.make_jar(fakemaven.LIBRARY),
+    "go module zip": lambda: GoModule(HOTEL.path, HOTEL.version, HOTEL.requires).zip,
 }
 
 
