@@ -31,7 +31,9 @@ def write_lockfile(
     proxy = proxy_factory(endpoints=[registry.index.url])
     cold = new_project(tmp_path, client, DEPENDENCIES)
     configure(cold, proxy.endpoint() + "/", endpoint=True)
-    first = install(cold, client_env(bundle=registry.certs.ca_cert))
+    # npm as npm 12 runs by default: tarballs only from the configured registry, which the endpoint's are
+    extra = ("--allow-remote=none",) if client == "npm" else ()
+    first = install(cold, client_env(bundle=registry.certs.ca_cert), extra_args=extra)
     assert first.returncode == 0, report(first, proxy)
     assert cold.installed(list(INSTALLED)) == INSTALLED
     lock = cold.lockfile.read_text()

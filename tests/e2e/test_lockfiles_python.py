@@ -44,8 +44,8 @@ def sync(project: Path, env: Mapping[str, str]) -> ClientResult:
     return uv(project, args, env)
 
 
-def installed(project: Path) -> set[str]:
-    return {p.name.split("-")[0] for p in project.glob(".venv/lib/python*/site-packages/*.dist-info")}
+def installed(venv_parent: Path) -> set[str]:
+    return {p.name.split("-")[0] for p in venv_parent.glob(".venv/lib/python*/site-packages/*.dist-info")}
 
 
 def test_uv_lock_written_through_the_proxy_syncs_with_and_without_it(
@@ -73,9 +73,21 @@ def test_uv_lock_written_through_the_proxy_syncs_with_and_without_it(
     registry.start()
     proxy.stop()
     direct = new_project(tmp_path, cold / "uv.lock")
-    third = sync(direct, client_env(bundle=registry.certs.ca_cert))
+    without = client_env(bundle=registry.certs.ca_cert)
+    third = sync(direct, without)
     assert third.returncode == 0, report(third)
     assert installed(direct) == {"foxtrot", "echo", "alpha"}
+
+    # the same lock as PEP 751's pylock.toml installs without the proxy too
+    exported = uv(direct, ["export", "--frozen", "--format", "pylock.toml", "-o", "pylock.toml"], without)
+    assert exported.returncode == 0, report(exported)
+    assert registry.file_url(registry.wheel("foxtrot").filename) in (direct / "pylock.toml").read_text()
+    target = Path(tempfile.mkdtemp(prefix="venv-", dir=tmp_path))
+    made = run_client([sys.executable, "-m", "venv", "--without-pip", str(target)], without, tmp_path, 60)
+    assert made.returncode == 0, report(made)
+    args = ["pip", "install", "--no-cache", "--python", str(target / "bin" / "python"), "-r", "pylock.toml"]
+    fourth = uv(direct, args, without)
+    assert fourth.returncode == 0, report(fourth)
 
 
 def test_uv_lock_written_through_an_endpoint_names_the_endpoint(
