@@ -80,3 +80,36 @@ def test_a_lockfile_written_through_the_endpoint_installs_from_the_cache_with_th
     # Yarn Berry asks for a scoped tarball as @scope%2fname/-/..., npm and pnpm as @scope/name/-/...
     hits = {url.replace("%2f", "/") for outcome, url in proxy.cache_log() if outcome == "HIT"}
     assert tarballs <= hits, proxy.log_tail()
+
+
+def test_an_npm_lockfile_written_without_the_cache_installs_through_the_endpoint(
+    tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
+) -> None:
+    """package-lock.json naming the registry's own tarball URLs (as one written without the cache does): npm
+    sends them to its configured registry, the endpoint, by its replace-registry-host (registry.npmjs.org by
+    default; here the fake registry's host), so `npm ci` comes through the cache, npm 12's
+    allow-remote=none accepts it, and with the registry stopped it installs from the cache."""
+    if client_command("npm") is None:
+        pytest.skip("npm is not installed")
+    env = client_env(bundle=registry.certs.ca_cert)
+    direct = new_project(tmp_path, "npm", DEPENDENCIES)
+    configure(direct, registry.npm_url, endpoint=False, ca=registry.certs.ca_cert)
+    written = install(direct, env)
+    assert written.returncode == 0, report(written)
+    assert registry.tarball_url("papa", "1.0.0") in direct.lockfile.read_text()
+
+    proxy = proxy_factory(endpoints=[registry.index.url])
+    replace = (f"--replace-registry-host={registry.index.hostname}", "--allow-remote=none")
+    tarballs = {registry.tarball_url(name, version) for name, version in INSTALLED.items()}
+    for expected in ("MISS", "HIT"):
+        mark = proxy.log_size()
+        project = new_project(tmp_path, "npm", DEPENDENCIES, lockfile=direct.lockfile)
+        configure(project, proxy.endpoint() + "/", endpoint=True)
+        result = install(project, env, frozen=True, extra_args=replace)
+        assert result.returncode == 0, report(result, proxy)
+        assert project.installed(list(INSTALLED)) == INSTALLED
+        outcomes = {url: outcome for outcome, url in proxy.cache_log(mark)}
+        assert {url: outcomes.get(url) for url in tarballs} == dict.fromkeys(tarballs, expected), (
+            proxy.log_text(mark)
+        )
+        registry.stop()
