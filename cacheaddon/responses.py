@@ -105,7 +105,10 @@ _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
 
 def error(status: int, url: str, detail: str, outcome: Outcome = Outcome.MISS) -> http.Response:
     """The cache's own error answer, naming the URL and saying why in every form a client may show."""
-    phrase = HTTPStatus(status).phrase
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     reason = _UNPRINTABLE.sub(" ", f"{phrase} (cacheaddon: {detail})")[:_REASON_LIMIT]
     problem = {"type": "about:blank", "title": phrase, "status": status, "detail": f"cacheaddon: {detail}"}
     body = json.dumps({**problem, "url": url}, indent=1).encode() + b"\n"
