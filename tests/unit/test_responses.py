@@ -27,3 +27,8 @@ def test_a_reason_phrase_stays_one_short_printable_line() -> None:
     answer = responses.error(502, "https://x/", "upstream said \r\nX-Evil: 1 \u00e9" + "x" * 500)
     assert answer.reason.isprintable() and answer.reason.isascii()
     assert len(answer.reason) <= 200
+
+
+def test_a_status_without_a_standard_phrase_still_gets_an_answer() -> None:
+    answer = responses.error(599, "https://x/", "odd")
+    assert (answer.status_code, answer.reason) == (599, "Error (cacheaddon: odd)")
