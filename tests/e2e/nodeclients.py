@@ -66,13 +66,11 @@ def configure(
     """Writes the project's client configuration: for an endpoint, what `cacheaddon config CLIENT` prints;
     else a plain registry setting (a machine without the cache). `proxy`: the HTTPS proxy; `ca`: a CA file the
     client must trust (the proxy's bundle, or the fake registry's CA)."""
-    client = "yarn" if project.client in ("yarn", "yarn1") else project.client
     if project.client == "yarn":
-        lines = (
-            clientconfig.snippet(client, registry).splitlines()
-            if endpoint
-            else [f'npmRegistryServer: "{registry.rstrip("/")}"']
-        )
+        if endpoint:
+            lines = clientconfig.snippet("yarn", registry).splitlines()
+        else:
+            lines = [f'npmRegistryServer: "{registry.rstrip("/")}"']
         lines += ["nodeLinker: node-modules", "enableTelemetry: false", "enableGlobalCache: false"]
         lines += ["cacheFolder: ./.yarn-cache", "enableImmutableInstalls: false"]
         if proxy:
@@ -81,9 +79,10 @@ def configure(
             lines.append(f'httpsCaFilePath: "{ca}"')
         (project.dir / ".yarnrc.yml").write_text("\n".join(lines) + "\n")
         return
-    # npm, pnpm and Yarn classic all read the project's .npmrc
-    lines = clientconfig.snippet(client, registry).splitlines() if endpoint and client != "yarn" else []
-    if not lines or project.client == "yarn1":
+    # npm and pnpm take the .npmrc `cacheaddon config` prints; Yarn classic reads an .npmrc's registry too
+    if endpoint and project.client in ("npm", "pnpm"):
+        lines = clientconfig.snippet(project.client, registry).splitlines()
+    else:
         lines = [f"registry={registry}"]
     if proxy:
         lines += [f"https-proxy={proxy}", f"proxy={proxy}"]
