@@ -73,7 +73,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def make_ca(directory: Path | str) -> CertPaths:
-    """Writes a test CA (ca.pem) and a server cert for 127.0.0.1-127.0.0.9 and localhost into directory."""
+    """Writes a test CA (ca.pem) and a server cert for 127.0.0.1-127.0.0.9, localhost and this machine's name
+    into directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -110,7 +111,9 @@ def make_ca(directory: Path | str) -> CertPaths:
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    # This machine's own name too: clients that never proxy "localhost" (Go) reach a fake by it.
+    names = dict.fromkeys(["localhost", socket.gethostname().lower()])
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
     sans += [x509.IPAddress(ipaddress.IPv4Address(f"127.0.0.{i}")) for i in range(1, 10)]
     server_cert = (
         x509.CertificateBuilder()
