@@ -37,6 +37,7 @@ from mitmproxy.proxy import server_hooks
 
 from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
+from cacheaddon.observe import Observer
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
 from cacheaddon.store import Store, StoreError
@@ -82,6 +83,7 @@ class CacheAddon:
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.service: CacheService | None = None
+        self.observer: Observer | None = None
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -140,6 +142,8 @@ class CacheAddon:
             _close_later(self.upstream)
         self.settings, self.store, self.upstream = new, store, upstream
         self.service = CacheService(new, store, upstream, self.health, self.pools)
+        self.observer = Observer.update(self.observer, new, store)
+        self.service.counters = self.observer.counters
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -172,6 +176,8 @@ class CacheAddon:
         self.relay.close()
         if self.upstream is not None:
             _close_later(self.upstream)
+        if self.observer is not None:
+            self.observer.close()
         if self.store is not None:
             self.store.close()
         for pool in self.pools:
@@ -220,6 +226,8 @@ class CacheAddon:
         drops its body and answers 403: not a byte leaves the host."""
         if flow.response or flow.error or self.settings is None:
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return  # answered in request, whatever cache_strict_hosts says of the proxy's own address
         req = flow.request
         for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
@@ -247,6 +255,8 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return await self.observer.serve_metrics(flow)
         req = flow.request
         refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
@@ -381,6 +391,8 @@ class CacheAddon:
             size,
             policy.redact(meta["url"]),
         )
+        if self.observer is not None:
+            self.observer.answered(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)
@@ -390,6 +402,8 @@ class CacheAddon:
         if meta.get("refused"):
             return
         logger.warning("%s failed %s: %s", meta["outcome"].value, policy.redact(meta["url"]), flow.error)
+        if self.observer is not None:
+            self.observer.interrupted(meta)
 
 
 def _close_later(upstream: Upstream) -> None:

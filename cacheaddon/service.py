@@ -17,6 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import policy, responses, rewrite, tasks
+from cacheaddon.counters import Counters, failure_kind
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -67,6 +68,9 @@ class Reply:
 
 
 class CacheService:
+    # What the fetch path reports (bytes read, failures by origin); the addon puts its own here (observe.py).
+    counters = Counters(None)
+
     def __init__(
         self,
         settings: Settings,
@@ -152,10 +156,12 @@ class CacheService:
         try:
             upstream = await self.upstream.open(request.method, url, request.headers, body)
         except UpstreamFailure as failure:
+            self._count_failure(origin, failure)
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             detail = f"upstream {failure.reason}"
             return Reply(Outcome.MISS, detail, responses.error(504 if failure.timeout else 502, url, detail))
         if upstream.status_code >= 500 or upstream.status_code == 429:
+            self._count_failure(origin, UpstreamFailure(f"answered {upstream.status_code}"))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -163,7 +169,7 @@ class CacheService:
         length = expected_length(upstream)
         if length is not None:
             fields.append(("Content-Length", str(length)))
-        job = Job(upstream.status_code, upstream.reason_phrase, fields, stream=raw_chunks(upstream))
+        job = Job(upstream.status_code, upstream.reason_phrase, fields, stream=self._chunks(upstream, origin))
         job.on_close = upstream.aclose
         return Reply(Outcome.MISS, detail, job=job)
 
@@ -255,6 +261,7 @@ class CacheService:
         self, failure: UpstreamFailure, request: RequestView, url: str, origin: str, entry: Entry | None
     ) -> Reply:
         now = time.time()
+        self._count_failure(origin, failure)
         self.health.failed(origin, now, self.settings.upstream_backoff)
         fallback = policy.on_failure(entry, failure.reason, self.settings)
         if fallback is not None and entry is not None:
@@ -307,7 +314,7 @@ class CacheService:
         status = upstream.status_code
         body = b""
         try:
-            async for chunk in raw_chunks(upstream):
+            async for chunk in self._chunks(upstream, origin):
                 body += chunk
                 if len(body) > _ERROR_BODY_LIMIT:
                     break
@@ -317,6 +324,7 @@ class CacheService:
             await upstream.aclose()
         if entry is not None and self.settings.stale_on_error:
             return await self._failed(UpstreamFailure(f"answered {status}"), request, url, origin, entry)
+        self._count_failure(origin, UpstreamFailure(f"answered {status}"))
         self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         detail = f"upstream answered {status}"
         fields = [
@@ -376,7 +384,7 @@ class CacheService:
         limit = max(BUFFER_LIMIT, self.settings.max_object_size)
         spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
-            async for chunk in raw_chunks(upstream):
+            async for chunk in self._chunks(upstream, origin):
                 await spool.write(chunk)
                 if spool.unusable:  # too large, or the disk failed: no use reading on
                     break
@@ -449,12 +457,13 @@ class CacheService:
             done, pending = False, b""
             try:
                 try:
-                    async for chunk in raw_chunks(upstream):
+                    async for chunk in self._chunks(upstream, origin):
                         await spool.write(chunk)
                         if pending:
                             yield pending
                         pending = chunk
-                except UpstreamFailure:
+                except UpstreamFailure as failure:
+                    self._count_failure(origin, failure)
                     # Too late for a stale answer, but the next requests should not each wait on this origin.
                     self.health.failed(origin, time.time(), self.settings.upstream_backoff)
                     raise
@@ -477,6 +486,17 @@ class CacheService:
         status, reason = upstream.status_code, upstream.reason_phrase
         job = Job(status, reason, served, stream=tee(), on_close=upstream.aclose)
         return Reply(Outcome.MISS, detail, job=job)
+
+
+    async def _chunks(self, upstream: httpx.Response, origin: str) -> AsyncIterator[bytes]:
+        """The upstream's body chunks, counted as bytes fetched from `origin`."""
+        # Closing the upstream response (the callers do, always) ends raw_chunks too.
+        async for chunk in raw_chunks(upstream):
+            self.counters.fetched(origin, len(chunk))
+            yield chunk
+
+    def _count_failure(self, origin: str, failure: UpstreamFailure) -> None:
+        self.counters.upstream_failed(origin, failure_kind(failure.reason, failure.timeout))
 
 
 def _close(pre: Body | BinaryIO | None | bool) -> None:

@@ -132,6 +132,13 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "Refuse (403) requests and CONNECTs to hosts outside cache_hosts (and, for a pattern without a port, "
         "to ports other than 80 and 443): the proxy becomes an egress firewall.",
     ),
+    (
+        "cache_record",
+        str,
+        "",
+        "File to append a line to (JSON: key, URL, status, size, sha256) for every entry answered from or "
+        "stored in the cache while set, for `cacheaddon bundle create`. Empty: no recording.",
+    ),
 )
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
@@ -172,6 +179,7 @@ class Settings:
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
+    record: Path | None = None
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -289,6 +297,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
+        record=Path(opts["cache_record"]).expanduser().absolute() if opts.get("cache_record") else None,
     )
 
 
