@@ -487,7 +487,6 @@ class CacheService:
         job = Job(status, reason, served, stream=tee(), on_close=upstream.aclose)
         return Reply(Outcome.MISS, detail, job=job)
 
-
     async def _chunks(self, upstream: httpx.Response, origin: str) -> AsyncIterator[bytes]:
         """The upstream's body chunks, counted as bytes fetched from `origin`."""
         # Closing the upstream response (the callers do, always) ends raw_chunks too.

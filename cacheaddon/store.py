@@ -400,24 +400,20 @@ class Store:
             raise _wrap(exc, "reading a record") from exc
         return self._decode_record(*rows[0]) if rows else None
 
-    def body_rows(self) -> Iterator[tuple[str, int, str | None]]:
-        """(sha256, size, file path or None when held in the database) of every stored body."""
+    def body_rows(self) -> Iterator[tuple[str, float]]:
+        """(sha256, when stored) of every stored body."""
         last = "b "
         while True:
             try:
                 rows = self._cache._sql(
-                    "SELECT key, size, filename FROM Cache WHERE raw = 1 AND key > ? AND key < 'b!' "
+                    "SELECT key, store_time FROM Cache WHERE raw = 1 AND key > ? AND key < 'b!' "
                     "ORDER BY key LIMIT 500",
                     (last,),
                 ).fetchall()
             except Exception as exc:
                 raise _wrap(exc, "listing bodies") from exc
-            for key, size, filename in rows:
-                yield (
-                    key[2:],
-                    int(size or 0),
-                    os.path.join(self._cache.directory, filename) if filename else None,
-                )
+            for key, stored in rows:
+                yield key[2:], float(stored or 0)
             if len(rows) < 500:
                 return
             last = rows[-1][0]
