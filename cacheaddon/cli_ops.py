@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
         from cacheaddon import cli_inventory
 
         return cli_inventory.run(args, config)
-    except UsageError as exc:
+    except ValueError as exc:  # UsageError, and the units display.py parses: a bad argument
         fail(command, str(exc))
         return 2
     except (StoreError, OSError) as exc:
