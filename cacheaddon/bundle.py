@@ -131,6 +131,10 @@ def import_bundle(store: Store, path: Path, progress: Progress | None = None) ->
     try:
         entries, sizes = _read(store, path, held, progress)
         return _commit(store, entries, sizes, held)
+    except BundleError as exc:
+        if str(path) in str(exc):
+            raise
+        raise BundleError(f"{path}: {exc}") from None
     finally:
         for tmp in held.values():
             store.discard(tmp)
