@@ -105,7 +105,7 @@ class Output:
             return
         if title:
             self.stream.write(title + "\n")
-        widths = [max(len(n), *(len(r[i]) for r in rows)) for i, n in enumerate(names)]
+        widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
         for row in [names, *rows]:
             cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
             self.stream.write("  ".join(cells).rstrip() + "\n")

@@ -88,7 +88,7 @@ def bench_inventory(work: Path, origin: benchlib.Process, args: argparse.Namespa
         ("stats --json", ["stats", "--json", "--cache-dir", str(cache)]),
         ("ls (plain, piped)", ["ls", "--cache-dir", str(cache)]),
         ("ls --json", ["ls", "--json", "--cache-dir", str(cache)]),
-        ("ls PATTERN (100 of them)", ["ls", "pkg-000*", "--cache-dir", str(cache)]),
+        ("ls PATTERN (100 of them)", ["ls", "*pkg-000*", "--cache-dir", str(cache)]),
         ("verify", ["verify", "--json", "--cache-dir", str(cache)]),
     ):
         seconds, out = timed(argv, args.rounds)

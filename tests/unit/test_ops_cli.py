@@ -79,3 +79,9 @@ def test_plain_table_when_not_a_terminal() -> None:
     stream = io.StringIO()
     Output(stream=stream).table(["name", ">n"], [["a", "1"], ["bbb", "22"]])
     assert stream.getvalue() == "name   n\na      1\nbbb   22\n"
+
+
+def test_an_empty_table_has_its_header() -> None:
+    stream = io.StringIO()
+    Output(stream=stream).table(["URL", ">size"], [])
+    assert stream.getvalue() == "URL  size\n"
