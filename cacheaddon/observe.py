@@ -130,7 +130,10 @@ class Observer:
                 fields.setdefault(name.lower(), []).append(value)
             joined = {name: ", ".join(values) for name, values in fields.items()}
             view = policy.RequestView(flow.request.method, digests.canonical(url) or url, joined)
-            self._pool.submit(self._record, view)
+            try:
+                self._pool.submit(self._record, view)
+            except RuntimeError:  # closed: the addon is being unloaded
+                pass
 
     def interrupted(self, meta: dict[str, object]) -> None:
         outcome = meta.get("outcome")

@@ -99,6 +99,7 @@ def _flip(data: bytes, at: int) -> bytes:
     return bytes(flipped)
 
 
+@pytest.mark.slow
 def test_damaged_or_foreign_bundles_are_refused_and_the_cache_is_intact(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
 ) -> None:

@@ -18,6 +18,7 @@ from .ops import cli, cli_json, metric_sum, metrics_url, scrape, wait_for
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_counters_add_up_across_processes_and_survive_restarts(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
 ) -> None:
@@ -74,6 +75,7 @@ def test_counters_add_up_across_processes_and_survive_restarts(
     assert bad.returncode == 2 and "--since" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_metrics_scraped_during_traffic_match_stats(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
 ) -> None:

@@ -19,6 +19,7 @@ def _largest_body(cache_dir: Path) -> Path:
     return max(cache_dir.glob("*/*/*.val"), key=lambda p: p.stat().st_size)
 
 
+@pytest.mark.slow
 def test_ls_verify_purge_on_real_traffic(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
 ) -> None:
@@ -93,6 +94,7 @@ def cli_json_status(*args: str, cache_dir: Path) -> tuple[int, dict[str, object]
     return result.returncode, json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_refresh_makes_a_new_release_installable_before_the_ttl(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory
 ) -> None:
