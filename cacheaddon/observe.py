@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import exceptions, http
 
-from cacheaddon import counters, digests, endpoint, metrics, policy, responses
+from cacheaddon import counters, digests, endpoint, keys, metrics, responses
 from cacheaddon.policy import Outcome
 from cacheaddon.recording import Recorder
 from cacheaddon.settings import Settings
@@ -73,7 +73,7 @@ class Observer:
             return False
         if not settings.is_allowed_client(str((flow.client_conn.peername or ("",))[0])):
             return False
-        if endpoint.upstream_of(flow) is not None:
+        if endpoint.origin_of(flow) is not None:
             return True
         sockname = flow.client_conn.sockname
         if not sockname or req.port != sockname[1]:
@@ -129,7 +129,7 @@ class Observer:
             for name, value in flow.request.headers.items(multi=True):
                 fields.setdefault(name.lower(), []).append(value)
             joined = {name: ", ".join(values) for name, values in fields.items()}
-            view = policy.RequestView(flow.request.method, digests.canonical(url) or url, joined)
+            view = keys.RequestView(flow.request.method, digests.canonical(url) or url, joined)
             try:
                 self._pool.submit(self._record, view)
             except RuntimeError:  # closed: the addon is being unloaded
@@ -140,21 +140,21 @@ class Observer:
         if isinstance(outcome, Outcome) and not meta.get("refused"):
             self.counters.interrupted(outcome.value)
 
-    def _record(self, view: policy.RequestView) -> None:
+    def _record(self, view: keys.RequestView) -> None:
         """Appends the entry that now answers `view` (the one just served or stored) to the record."""
         recorder = self.recorder
         if recorder is None:
             return
         try:
             found = []
-            for key in policy.cache_keys(view, self.store.salt).lookup_order():
+            for key in keys.cache_keys(view, self.store.salt).lookup_order():
                 entry = self.store.peek_record(key)
-                if entry is not None and policy.vary_matches(entry, view, self.store.salt):
+                if entry is not None and keys.vary_matches(entry, view, self.store.salt):
                     found.append((entry.stored_at, key, entry))
             if found:
                 _, key, entry = max(found, key=lambda item: item[0])
                 recorder.write(key, entry)
         except (StoreError, OSError) as exc:
             if not self._record_failed:
-                logger.warning("cache_record: could not record %s: %s", policy.redact(view.url), exc)
+                logger.warning("cache_record: could not record %s: %s", keys.redact(view.url), exc)
                 self._record_failed = True
