@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 from urllib.parse import urlsplit
 
-from cacheaddon import clientconfig, mitmca, registries
+from cacheaddon import cli_ops, clientconfig, leanaddons, mitmca, registries, workers
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
@@ -43,6 +43,7 @@ def _fail(command: str, message: str) -> None:
 
 def _parser() -> _Parser:
     parser = _Parser(prog="cacheaddon", description="A caching proxy for package registries (mitmproxy).")
+    cli_ops.add_cache_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -64,6 +65,13 @@ def _parser() -> _Parser:
         help="also serve a registry as a reverse proxy: NAME, NAME@PORT or URL@PORT; "
         + ", ".join(f"{p.name} ({p.upstream}) on {p.port}" for p in registries.PRESETS.values())
         + ". Repeatable.",
+    )
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="run N proxy processes on the same listen addresses (SO_REUSEPORT), sharing cache_dir and "
+        "confdir; auto: one per core (default: 1, this process)",
     )
 
     config = commands.add_parser("config", help="print a client's configuration for a registry endpoint")
@@ -113,6 +121,7 @@ def _parser() -> _Parser:
         metavar="PATH",
         help=f"where to write the CA bundle, system CAs + mitmproxy's (default: DIR/{BUNDLE_NAME})",
     )
+    cli_ops.add_parsers(commands)
     return parser
 
 
@@ -127,8 +136,11 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
             args.confdir = _env_confdir(parser, args.confdir, args.settings)
     except SystemExit as e:  # --help, or a usage error already printed
         return _exit_status(e)
+    if args.command in cli_ops.COMMANDS:
+        return cli_ops.main(args)
     if args.command == "run":
-        return run_proxy(rest, args.registry, addon_factory)
+        cache_dir = ["--set", f"cache_dir={args.cache_dir}"] if args.cache_dir else []
+        return run_command(args, [*cache_dir, *rest], addon_factory)
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)
@@ -150,6 +162,22 @@ def print_config(client: str, endpoint: str | None) -> int:
 
 
 # --- run ---
+
+
+def run_command(args: argparse.Namespace, mitm_args: list[str], addon_factory: AddonFactory | None) -> int:
+    """`cacheaddon run`: this process, or a supervisor of --workers processes each running it."""
+    try:
+        count = workers.worker_count(args.workers)
+    except ValueError as e:
+        _fail("run", str(e))
+        return 2
+    ready_fd = workers.worker_fd()
+    if count > 1 and ready_fd is None:
+        run_args = ["run", *(f"--registry={spec}" for spec in args.registry), *mitm_args]
+        # The CA the workers will share: where they will look for it, as large as they would make it.
+        confdir, key_size = _ca_settings(mitm_args)
+        return workers.supervise(count, run_args, str(confdir), key_size)
+    return run_proxy(mitm_args, args.registry, addon_factory, ready_fd)
 
 
 def _mode_arguments(mitm_args: Sequence[str], reverse_modes: Sequence[str]) -> list[str]:
@@ -176,6 +204,14 @@ def _set_values(mitm_args: Sequence[str], name: str) -> list[str]:
     return [spec.partition("=")[2] for spec in specs if spec.partition("=")[0] == name]
 
 
+def _ca_settings(mitm_args: Sequence[str]) -> tuple[Path, int]:
+    """The confdir and key_size mitmproxy will use for its CA (the command line's; config.yaml lives in the
+    confdir and cannot move it)."""
+    confdir = Path(([DEFAULT_CONFDIR] + _set_values(mitm_args, "confdir"))[-1]).expanduser()
+    key_size = ["2048"] + [v for v in _set_values(mitm_args, "key_size") if v.isdigit()]
+    return confdir, int(key_size[-1])
+
+
 def _filter_options(args: Any) -> dict[str, str]:
     # What mitmproxy's own `mitmdump` entry point does with its positional filter expression.
     if args.filter_args:
@@ -184,7 +220,7 @@ def _filter_options(args: Any) -> dict[str, str]:
     return {}
 
 
-def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
+def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> type[DumpMaster]:
     from mitmproxy import exceptions, hooks
     from mitmproxy.tools.dump import DumpMaster
 
@@ -201,6 +237,8 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
             self.cache_addon = addon_factory()
             # mitmproxy's AddonManager and OptManager.keys are unannotated: cast for mypy --strict.
             cast(Any, self.addons).add(self.cache_addon)
+            if ready_fd is not None:  # a worker: tells its supervisor once everything listens
+                cast(Any, self.addons).add(workers.ReadySignal(ready_fd))
 
         async def run(self) -> None:
             if self.options.connection_strategy != "lazy":
@@ -214,11 +252,15 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
             except exceptions.OptionsError as e:
                 _fail("run", str(e))
                 sys.exit(1)
+            # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
+            leanaddons.prune(self.addons, self.options)
             opts = cast(Any, self.options)
             if opts.flow_detail == 0:
                 # mitmproxy's per-connection lines ("client connect") go with its per-flow ones.
                 logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
-            if busy := ports.busy_listener(opts.mode, opts.listen_host, opts.listen_port):
+            # Workers share their ports (SO_REUSEPORT): each would find them taken by the others.
+            worker = ready_fd is not None
+            if not worker and (busy := ports.busy_listener(opts.mode, opts.listen_host, opts.listen_port)):
                 _fail("run", busy)
                 sys.exit(1)
             await super().run()
@@ -234,7 +276,10 @@ def _exit_status(e: SystemExit) -> int:
 
 
 def run_proxy(
-    mitm_args: Sequence[str], registry_specs: Sequence[str], addon_factory: AddonFactory | None
+    mitm_args: Sequence[str],
+    registry_specs: Sequence[str],
+    addon_factory: AddonFactory | None,
+    ready_fd: int | None = None,
 ) -> int:
     """Run mitmdump in this process with the cache addon and one reverse proxy per registry spec."""
     try:
@@ -250,9 +295,9 @@ def run_proxy(
     if dupes := sorted({p for p in ports if ports.count(p) > 1}):
         _fail("run", f"--registry: port {', '.join(dupes)} given to more than one registry")
         return 2
-    confdir = Path((_set_values(mitm_args, "confdir") or [DEFAULT_CONFDIR])[-1]).expanduser()
+    confdir, key_size = _ca_settings(mitm_args)
     try:
-        mitmca.ensure_ca(confdir)  # before mitmproxy would, under the lock `cacheaddon env` takes too
+        mitmca.ensure_ca(confdir, key_size)  # before mitmproxy would, under the lock `env` takes too
     except OSError as e:
         _fail("run", f"cannot create mitmproxy's CA in {confdir}: {e}")
         return 1
@@ -267,11 +312,17 @@ def run_proxy(
     from mitmproxy.tools import cmdline
     from mitmproxy.tools import main as mitmproxy_main
 
+    if ready_fd is not None:
+        workers.share_listen_ports()
+
     # mitmproxy names the program after sys.argv[0] in its usage and option errors.
     saved_argv0, sys.argv[0] = sys.argv[0], "cacheaddon run"
     try:
         mitmproxy_main.run(
-            _master_class(addon_factory), cmdline.mitmdump, _mode_arguments(mitm_args, modes), _filter_options
+            _master_class(addon_factory, ready_fd),
+            cmdline.mitmdump,
+            _mode_arguments(mitm_args, modes),
+            _filter_options,
         )
     except SystemExit as e:  # mitmproxy exits on bad options, after printing one line naming the option
         return _exit_status(e)

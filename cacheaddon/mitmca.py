@@ -17,8 +17,9 @@ _CA_KEY_NAME = "mitmproxy-ca.pem"  # what mitmproxy checks for before it creates
 _LOCK_NAME = ".cacheaddon-ca.lock"
 
 
-def ensure_ca(confdir: Path) -> Path:
-    """The path of the confdir's CA certificate, creating the CA first if there is none. Raises OSError."""
+def ensure_ca(confdir: Path, key_size: int | None = None) -> Path:
+    """The path of the confdir's CA certificate, creating the CA first if there is none (with mitmproxy's
+    key_size, default 2048). Raises OSError."""
     if not (confdir / _CA_KEY_NAME).exists():
         from mitmproxy import certs, options
 
@@ -26,7 +27,7 @@ def ensure_ca(confdir: Path) -> Path:
         with open(confdir / _LOCK_NAME, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             if not (confdir / _CA_KEY_NAME).exists():
-                certs.CertStore.create_store(confdir, options.CONF_BASENAME, options.KEY_SIZE)
+                certs.CertStore.create_store(confdir, options.CONF_BASENAME, key_size or options.KEY_SIZE)
     return confdir / CA_CERT_NAME
 
 
