@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .clients import REPO, free_port, installed_version
+from .clients import REPO, free_port, installed_version, run_client
 from .fakeregistry import FakeRegistry
 from .test_env_cli import STRIPPED, STRIPPED_PREFIXES, new_venv, pip_command
 
@@ -79,25 +78,10 @@ def test_the_readme_quick_start_works_on_a_fresh_clone(tmp_path: Path, registry:
             install,
         ]
     )
-    proc = subprocess.Popen(
-        ["bash", "-c", script],
-        env=fresh_shell_env(home),
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the shell's group: serve, if the trap did not run
-        except ProcessLookupError:
-            pass
-        proc.wait(30)
-    assert proc.returncode == 0, output[-6000:]
+    # run_client kills the shell's process group (serve with it) if it outlives TIMEOUT; the trap stops serve.
+    result = run_client(["bash", "-c", script], fresh_shell_env(home), tmp_path, TIMEOUT)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
     assert installed_version(venv, "foxtrot") == "1.0.0", output[-6000:]
     assert (confdir / "mitmproxy-ca-cert.pem").is_file()
     wheel = registry.file_url(registry.wheel("foxtrot").filename)
