@@ -39,6 +39,7 @@ from mitmproxy.proxy import server_hooks
 from cacheaddon import access, endpoint, gate, guard, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.keys import redact
+from cacheaddon.observe import Observer
 from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService
@@ -68,6 +69,7 @@ class CacheAddon:
         self.client: UpstreamClient | None = None
         self.service: CacheService | None = None
         self.guard: guard.Guard | None = None  # the supply-chain guard, when one of its options is set
+        self.observer: Observer | None = None
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -130,6 +132,8 @@ class CacheAddon:
             _close_later(self.client)
         self.settings, self.store, self.client, self.guard = new, store, client, new_guard
         self.service = CacheService(new, store, client, self.health, self.pools)
+        self.observer = Observer.update(self.observer, new, store)
+        self.service.fetcher.counters = self.observer.counters
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -162,6 +166,8 @@ class CacheAddon:
         self.relay.close()
         if self.client is not None:
             _close_later(self.client)
+        if self.observer is not None:
+            self.observer.close()
         if self.store is not None:
             self.store.close()
         for pool in self.pools:
@@ -210,6 +216,8 @@ class CacheAddon:
         drops its body and answers 403: not a byte leaves the host."""
         if flow.response or flow.error or self.settings is None:
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return  # answered in request, whatever cache_strict_hosts says of the proxy's own address
         req = flow.request
         for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
@@ -241,6 +249,8 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return await self.observer.serve_metrics(flow)
         self._apply(flow, await gate.handle(flow, self.settings, self.service, self.guard))
 
     def _apply(self, flow: http.HTTPFlow, handled: gate.Handled) -> None:
@@ -324,6 +334,8 @@ class CacheAddon:
             size,
             redact(meta["url"]),
         )
+        if self.observer is not None:
+            self.observer.answered(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)
@@ -333,6 +345,8 @@ class CacheAddon:
         if meta.get("refused"):
             return
         logger.warning("%s failed %s: %s", meta["outcome"].value, redact(meta["url"]), flow.error)
+        if self.observer is not None:
+            self.observer.interrupted(meta)
 
 
 def _close_later(client: UpstreamClient) -> None:

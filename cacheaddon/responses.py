@@ -10,6 +10,7 @@ from http import HTTPStatus
 
 from mitmproxy import http
 
+from cacheaddon import cachestatus
 from cacheaddon.entry import Entry
 from cacheaddon.policy import HOP_BY_HOP, Outcome
 
@@ -26,8 +27,9 @@ def live_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ..
 
 
 def storable_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The upstream's header fields worth keeping for everyone: no cookies either."""
-    return tuple((k, v) for k, v in live_headers(fields) if k.lower() != "set-cookie")
+    """The upstream's header fields worth keeping for everyone: no cookies either, nor the Cache-Status of
+    the caches before us, which describes that one answer."""
+    return tuple((k, v) for k, v in live_headers(fields) if k.lower() not in ("set-cookie", "cache-status"))
 
 
 # RFC 9111 3.2: these describe the stored body, which a 304 does not replace (some servers send a generic
@@ -42,6 +44,7 @@ def revalidated_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, s
 
 def cache_fields(outcome: Outcome, reason: str, age: int | None = None) -> list[tuple[str, str]]:
     fields = [("X-Cache", outcome.value), ("X-Cache-Detail", reason)]
+    fields.append(("Cache-Status", cachestatus.value(outcome, reason)))  # RFC 9211, after upstream caches'
     if age is not None:
         fields.append(("Age", str(age)))
     return fields

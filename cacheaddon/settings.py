@@ -168,6 +168,13 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         False,
         "Block the versions named by every advisory in cache_block_advisories, not only MAL- ones.",
     ),
+    (
+        "cache_record",
+        str,
+        "",
+        "File to append a line to (JSON: key, URL, status, size, sha256) for every entry answered from or "
+        "stored in the cache while set, for `cacheaddon bundle create`. Empty: no recording.",
+    ),
 )
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
@@ -224,6 +231,7 @@ class Settings:
     @property
     def guard_active(self) -> bool:
         return self.min_release_age > 0 or self.block_advisories is not None
+    record: Path | None = None
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -379,6 +387,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         release_age_missing=missing,
         block_advisories=Path(advisories).expanduser() if advisories else None,
         block_advisories_all=bool(opts["cache_block_advisories_all"]),
+        record=Path(opts["cache_record"]).expanduser().absolute() if opts.get("cache_record") else None,
     )
 
 

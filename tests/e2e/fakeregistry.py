@@ -273,6 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = chunk[:budget]
                 self.wfile.write(chunk)
                 budget -= len(chunk)
+                self.server.host.count_sent(len(chunk))
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -335,6 +336,7 @@ class FakeHost:
         self._mode = "ok"
         self._lock = threading.Lock()
         self._requests: list[Request] = []
+        self.body_bytes_sent = 0  # response body bytes written, all requests together
         self._conns: set[ssl.SSLSocket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -380,6 +382,10 @@ class FakeHost:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def count_sent(self, n: int) -> None:
+        with self._lock:
+            self.body_bytes_sent += n
 
     def _record(self, request: Request) -> None:
         with self._lock:
@@ -736,6 +742,11 @@ class FakeRegistry:
     def paths(self, method: str | None = "GET") -> list[str]:
         """Request paths in arrival order, of one method (None: any), as in `"/simple/alpha/" in paths()`."""
         return [r.path for _, r in self.requests if method is None or r.method == method]
+
+    @property
+    def body_bytes_sent(self) -> int:
+        """Response body bytes both hosts have written since they were made."""
+        return sum(host.body_bytes_sent for host in self.hosts)
 
     def clear_requests(self) -> None:
         with self._lock:
