@@ -3,6 +3,8 @@
 Layout in one diskcache directory (process-safe, so several mitmdump processes may share it):
   "m <key>"      -> the Entry record, as JSON bytes (never pickle: a cache directory is not code)
   "b <sha256>"   -> the body; content-addressed, so a record and its body can never disagree silently
+  "v <group>"    -> the keys stored for one URL and credential owner (keys.variant_group), for content
+                    negotiation; a key whose record was evicted stays listed until the group is next written
   "salt"         -> random bytes that credential fingerprints are hashed with
 Bodies are written to a temporary file first and moved into diskcache's directory only when complete, so a
 crash can leave an orphan file but never a half-written body that a record points to.
@@ -26,7 +28,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from cacheaddon.entry import Entry
-from cacheaddon.keys import redact
+from cacheaddon.keys import redact, variant_group
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ _ORPHAN_AGE = 3600  # seconds; an older temporary file belongs to a writer that 
 # Left free below the size limit after each store: room for the rows and log pages the next store writes
 # before it shrinks the cache again.
 _HEADROOM = 256 * 1024
+# Keys listed per variant group, the most recently stored kept: clients send only a handful of distinct
+# Accept and Accept-Encoding values, and a client making up new ones must not grow a row without bound.
+_VARIANTS_LIMIT = 32
 
 
 class StoreError(Exception):
@@ -162,13 +167,17 @@ class Store:
 
     def put_record(self, key: str, entry: Entry) -> None:
         try:
-            self._cache.set("m " + key, json.dumps(entry.to_record()).encode())
+            with self._cache.transact():
+                self._cache.set("m " + key, json.dumps(entry.to_record()).encode())
+                self._list_variant(key, stored=True)
         except Exception as exc:
             raise _wrap(exc, "writing a record") from exc
 
     def delete(self, key: str) -> None:
         try:
-            self._cache.delete("m " + key)
+            with self._cache.transact():
+                self._cache.delete("m " + key)
+                self._list_variant(key, stored=False)
         except Exception as exc:
             raise _wrap(exc, "deleting a record") from exc
 
@@ -532,3 +541,36 @@ class Store:
             except OSError:
                 continue
         return stray
+
+    # variants: the keys stored for one URL and credential owner, for content negotiation
+
+    def variants(self, group: str) -> list[tuple[str, Entry]]:
+        """The records listed for a variant group, as (key, entry); a listed key whose record is gone
+        (evicted, or unreadable) is left out."""
+        try:
+            listed = _listed(self._cache.get("v " + group))
+        except Exception as exc:
+            raise _wrap(exc, "reading the variants of a URL") from exc
+        found = ((key, self.get(key)) for key in listed)
+        return [(key, entry) for key, entry in found if entry is not None]
+
+    def _list_variant(self, key: str, stored: bool) -> None:
+        """Lists (or unlists) a key in its variant group, in the transaction that writes (or deletes) its
+        record; keys whose records were evicted meanwhile are dropped from the list on the way."""
+        row = "v " + variant_group(key)
+        kept = [k for k in _listed(self._cache.get(row)) if k != key and "m " + k in self._cache]
+        if stored:
+            kept = [*kept[-(_VARIANTS_LIMIT - 1) :], key]
+        if kept:
+            self._cache.set(row, json.dumps(kept).encode())
+        else:
+            self._cache.delete(row)
+
+
+def _listed(raw: object) -> list[str]:
+    """The keys of a variant group's row; a damaged row lists none (negotiation then finds nothing)."""
+    try:
+        keys = json.loads(raw) if isinstance(raw, bytes) else []
+    except ValueError:
+        return []
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []

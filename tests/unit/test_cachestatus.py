@@ -34,6 +34,21 @@ from cacheaddon.policy import Outcome
             "stale: upstream failing recently",
             'cacheaddon; hit; detail="stale: upstream failing recently"',
         ),
+        (
+            Outcome.STALE,
+            "stale: offline mode; negotiated application/json",
+            'cacheaddon; hit; detail="stale: offline mode; negotiated application/json"',
+        ),
+        (
+            Outcome.STALE,
+            "stale: upstream connection refused; negotiated application/json",
+            'cacheaddon; fwd=stale; detail="stale: upstream connection refused; negotiated application/json"',
+        ),
+        (
+            Outcome.MISS,
+            "miss; filtered: 1 version younger than 3d",
+            'cacheaddon; fwd=miss; stored; detail="miss; filtered: 1 version younger than 3d"',
+        ),
         (Outcome.MISS, "not stored: status 500", 'cacheaddon; fwd=miss; detail="not stored: status 500"'),
         (
             Outcome.MISS,
