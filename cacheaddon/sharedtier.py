@@ -433,8 +433,8 @@ class SharedTier:
 
         async def create(client: Any, etag: str | None) -> Lease:
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-            body = self._lease_body(url, 0)
-            answer = await client.put_object(Bucket=bucket, Key=name, Body=body, **condition)
+            body, meta = self._lease_body(url, 0), {"holder": self.holder}
+            answer = await client.put_object(Bucket=bucket, Key=name, Body=body, Metadata=meta, **condition)
             return Lease(name, answer["ETag"])
 
         async def take(client: Any) -> Lease | LeaseState:
@@ -479,7 +479,10 @@ class SharedTier:
         async def put(client: Any) -> None:
             lease.seq += 1
             body = self._lease_body(url, lease.seq)
-            answer = await client.put_object(Bucket=bucket, Key=lease.name, Body=body, IfMatch=lease.etag)
+            meta = {"holder": self.holder}
+            answer = await client.put_object(
+                Bucket=bucket, Key=lease.name, Body=body, Metadata=meta, IfMatch=lease.etag
+            )
             lease.etag = answer["ETag"]
 
         try:
@@ -500,17 +503,20 @@ class SharedTier:
         except (_Lost, _Missing):
             pass
 
-    async def lease_exists(self, url: str) -> bool:
+    async def lease_state(self, url: str) -> LeaseState | None:
+        """The lease on url as it stands (one HEAD), or None when there is none."""
         name, bucket = self._name("leases", url), self.location.bucket
 
-        async def head(client: Any) -> None:
-            await client.head_object(Bucket=bucket, Key=name)
+        async def head(client: Any) -> LeaseState:
+            answer = await client.head_object(Bucket=bucket, Key=name)
+            date = answer["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+            expired = lease_expired(answer["LastModified"], date, self.lease_ttl, self.clock())
+            return LeaseState(answer.get("Metadata", {}).get("holder", "?"), expired)
 
         try:
-            await self._call(head)
+            return await self._call(head)
         except _Missing:
-            return False
-        return True
+            return None
 
     def close(self) -> None:
         async def disconnect() -> None:
