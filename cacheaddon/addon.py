@@ -35,10 +35,11 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, fleet, policy, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService, Reply
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Store, StoreError
 from cacheaddon.upstream import Upstream, tls_context
 
@@ -82,6 +83,7 @@ class CacheAddon:
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.service: CacheService | None = None
+        self.tier: SharedTier | None = None
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -139,7 +141,8 @@ class CacheAddon:
         if self.upstream is not None and upstream is not self.upstream:
             _close_later(self.upstream)
         self.settings, self.store, self.upstream = new, store, upstream
-        self.service = CacheService(new, store, upstream, self.health, self.pools)
+        self.tier = fleet.tier_for(new, self.tier)
+        self.service = CacheService(new, store, upstream, self.health, self.pools, self.tier)
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -167,9 +170,13 @@ class CacheAddon:
 
     def running(self) -> None:
         tasks.spawn(self.relay.start())
+        if self.service is not None and self.service.fleet is not None:
+            self.service.fleet.start()  # checks the shared tier, and says so in one log line
 
     def done(self) -> None:
         self.relay.close()
+        if self.tier is not None:
+            self.tier.close()
         if self.upstream is not None:
             _close_later(self.upstream)
         if self.store is not None:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from cacheaddon import sharing, tasks
+from cacheaddon import policy, sharing, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.policy import redact
+from cacheaddon.settings import Settings
 from cacheaddon.sharedtier import Lease, SharedTier, SharedTierError
 from cacheaddon.store import Store, StoreError
 
@@ -31,9 +32,16 @@ PUBLISHERS = 4  # uploads to the tier at once
 BACKLOG = 256  # uploads waiting; beyond this the newest are not shared (they stay in the local tier)
 RENEW_LIMIT = 600.0  # seconds a download may hold its lease; after that it lapses and others may take over
 
-# Stores a body the tier returned (bytes, or the path of a complete file) and its record in the local tier,
-# through the same admission checks as a download; True when stored.
-Commit = Callable[[str, Entry, bytes | str], Awaitable[bool]]
+class _Ingest(Protocol):
+    """Admits entries into the local tier (ingest.Ingest) and tells us what it stored."""
+
+    on_stored: Callable[[str, Entry, bool], None] | None
+
+    async def commit(self, key: str, entry: Entry, body: bytes | str, share: bool = True) -> bool: ...
+
+
+class _Keys(Protocol):
+    def lookup_order(self) -> tuple[str, ...]: ...
 
 
 class _Job(Protocol):
@@ -50,20 +58,23 @@ class Fleet:
         self,
         tier: SharedTier,
         store: Store,
-        commit: Commit,
+        ingest: _Ingest,
         db_pool: ThreadPoolExecutor,
-        wait: float,
+        settings: Settings,
         inline_limit: int,
     ) -> None:
-        self.tier, self.store, self.commit, self.db_pool = tier, store, commit, db_pool
-        self.wait, self.inline_limit = wait, inline_limit
+        self.tier, self.store, self.ingest, self.db_pool = tier, store, ingest, db_pool
+        self.settings, self.inline_limit = settings, inline_limit
+        # A waiter waits for another proxy's download about as long as for a silent upstream, twice.
+        self.wait = 2.0 * settings.upstream_timeout
+        ingest.on_stored = self.stored
         self._claims: dict[str, asyncio.Event] = {}  # URLs a request of this process coordinates for
         self._leases: dict[str, tuple[Lease, asyncio.Task[None]]] = {}  # ...and holds the lease of
         self._publishing: dict[str, set[asyncio.Task[None]]] = {}
         self._slots = asyncio.Semaphore(PUBLISHERS)
         self._backlog = 0
         self._dropping = False
-        self._checking = False
+        self._check: asyncio.Task[None] | None = None
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -71,29 +82,33 @@ class Fleet:
     # start-up and the conditional-write check
 
     def start(self) -> None:
-        self._checking = True
-        tasks.spawn(self._check())
+        if self._check is None or self._check.done():
+            self._check = tasks.spawn(self._checked())
 
-    async def _check(self) -> None:
+    async def _checked(self) -> None:
         try:
             await self.tier.check()
         except SharedTierError:
             pass  # logged by the tier; checked again on a later miss
-        finally:
-            self._checking = False
 
-    def _coordinates(self) -> bool:
-        """Whether leases can be used: the store is known to enforce conditional writes."""
-        if self.tier.conditional is None and self.tier.available and not self._checking:
+    async def _coordinates(self) -> bool:
+        """Whether leases can be used: the store is known to enforce conditional writes (a check under way
+        is waited for: the first misses after start-up are the ones most likely to coincide)."""
+        if self.tier.conditional is None and self.tier.available:
             self.start()
+            assert self._check is not None
+            await asyncio.wait({self._check}, timeout=self.wait)
         return self.tier.conditional is True
 
     # reading
 
-    async def lookup(self, keys: tuple[str, ...], local: Entry | None) -> Entry | None:
-        """An entry newer than `local` from the shared tier, its body verified and copied into the local tier
-        with its record; None when the tier has nothing newer, or cannot be asked."""
-        names = tuple(k for k in keys if sharing.why_not_shared(k) is None)
+    async def lookup(self, key: _Keys, local: Entry | None, now: float) -> Entry | None:
+        """When the local entry is missing or stale: an entry newer than it from the shared tier, its body
+        verified and copied into the local tier with its record; None when the tier has nothing newer, or
+        cannot be asked."""
+        if local is not None and policy.is_fresh(local, now, self.settings):
+            return None
+        names = tuple(k for k in key.lookup_order() if sharing.why_not_shared(k) is None)
         if not names or not self.tier.available:
             return None
         try:
@@ -109,30 +124,29 @@ class Fleet:
             body = await self.tier.get_body(entry.sha256, entry.size, new_file, limit)
         except (SharedTierError, StoreError):
             return None
-        if body is None or not await self.commit(name, entry, body):
+        if body is None or not await self.ingest.commit(name, entry, body, share=False):
             return None
         return entry
 
     # one download per URL across the fleet
 
-    async def fetch(
-        self, url: str, download: Callable[[], Awaitable[R]], look_again: Callable[[], Awaitable[R]]
-    ) -> R:
-        """A miss of a shareable URL: downloads it holding the URL's lease, or waits (at most `wait` seconds)
-        for the proxy that holds it and then looks again (look_again must not come back here). When the
-        lease cannot be taken or read, or the wait runs out, downloads anyway."""
+    async def fetch(self, url: str, key: str, again: Callable[[], Awaitable[R]]) -> R:
+        """A miss of `key`: one download per URL across the fleet. Takes the URL's lease and then looks
+        again (the tier may have received it meanwhile) before downloading, or waits (at most `wait` seconds)
+        for the proxy that holds it and then looks again. `again` answers the request as if the fleet had
+        been asked (tiers first, then the upstream) and must not come back here. When the lease cannot be
+        taken or read, or the wait runs out, the download goes ahead all the same."""
+        if sharing.why_not_shared(key) is not None:
+            return await again()
         deadline = time.monotonic() + self.wait
         claim = self._claims.get(url)
         if claim is not None:  # another request of this process is on it: wait for that one
-            if await _wait(claim, deadline):
-                return await look_again()
-            return await download()
-        if not self._coordinates():
-            return await download()
+            await _wait(claim, deadline)
+            return await again()
         claim = self._claims[url] = asyncio.Event()
         lease = None
         try:
-            while lease is None:
+            while lease is None and await self._coordinates():
                 try:
                     got = await self.tier.acquire(url)
                 except SharedTierError:
@@ -143,7 +157,7 @@ class Fleet:
                 state = await self._wait_for_holder(url, deadline)
                 if state == "gone":
                     self._release_claim(url, claim)
-                    return await look_again()
+                    return await again()
                 if state == "timeout":
                     holder = got.holder
                     logger.info("waited %ss for %s to fetch %s: fetching too", self.wait, holder, redact(url))
@@ -152,7 +166,7 @@ class Fleet:
         except BaseException:
             self._release_claim(url, claim)
             raise
-        return await self._download_claimed(url, lease, download, claim)
+        return await self._download_claimed(url, lease, again, claim)
 
     async def _wait_for_holder(self, url: str, deadline: float) -> str:
         """'gone' (the holder finished), 'expired' (it stopped renewing), or 'timeout'."""
@@ -232,7 +246,7 @@ class Fleet:
 
     # writing
 
-    def stored(self, key: str, entry: Entry, body: bool = True) -> None:
+    def stored(self, key: str, entry: Entry, body: bool) -> None:
         """After the local tier stored an entry (body False: only its record changed): publish it in the
         background, unless it is private, the tier is down, or too much is waiting already."""
         if sharing.why_not_shared(key, entry) is not None or not self.tier.available:
@@ -274,11 +288,18 @@ class Fleet:
             except (SharedTierError, StoreError) as exc:
                 logger.debug("not shared: %s (%s)", redact(entry.url), exc)
 
-    def close(self) -> None:
-        for _, renewing in self._leases.values():
-            renewing.cancel()
-        self._leases.clear()
-        self.tier.close()
+def tier_for(settings: Settings, current: SharedTier | None) -> SharedTier | None:
+    """The shared tier these settings name: the current one while its location and timings still hold
+    (it keeps its connections, health and start-up check), else a new one (the old is closed)."""
+    wanted = settings.shared
+    if current is not None:
+        same = (current.location, current.timeout, current.backoff)
+        if wanted is not None and same == (wanted, settings.upstream_timeout, settings.upstream_backoff):
+            return current
+        current.close()
+    if wanted is None:
+        return None
+    return SharedTier(wanted, settings.upstream_timeout, settings.upstream_backoff)
 
 
 async def _wait(event: asyncio.Event, deadline: float) -> bool:

@@ -16,13 +16,15 @@ from typing import Any, BinaryIO, TypeVar, assert_never
 import httpx
 from mitmproxy import http
 
-from cacheaddon import policy, responses, rewrite, tasks
+from cacheaddon import policy, responses, rewrite, sharing, tasks
 from cacheaddon.entry import Entry
+from cacheaddon.fleet import Fleet
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
 from cacheaddon.policy import Action, Decision, Keys, Outcome, RequestView
 from cacheaddon.relay import Job
 from cacheaddon.settings import Settings
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.spool import Spool, Spooled
 from cacheaddon.store import Body, Store, StoreError
 from cacheaddon.upstream import Upstream, UpstreamFailure, expected_length, raw_chunks
@@ -74,12 +76,14 @@ class CacheService:
         upstream: Upstream,
         health: HostHealth,
         pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        tier: SharedTier | None = None,
     ) -> None:
         self.settings, self.store, self.upstream, self.health = settings, store, upstream, health
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
         self.ingest = Ingest(store, pools)
+        self.fleet = Fleet(tier, store, self.ingest, pools[0], settings, INLINE_LIMIT) if tier else None
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -100,12 +104,18 @@ class CacheService:
             return None
 
     async def answer(
-        self, request: RequestView, url: str, origin: str, whole_documents: bool = False
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        whole_documents: bool = False,
+        coordinated: bool = False,
     ) -> Reply:
         """The reply to a GET or HEAD. A Range request for something not cached is forwarded and not stored.
         whole_documents (on endpoints, which rewrite index documents): Range is ignored for them, and a miss
-        is fetched whole."""
+        is fetched whole. coordinated: the fleet already decided that this process downloads a miss."""
         key = policy.cache_keys(request, self.store.salt)
+        pre: Body | BinaryIO | None | bool
         try:
             entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
         except StoreError as exc:
@@ -114,8 +124,14 @@ class CacheService:
         if entry is not None and not policy.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
+        shared = None if self.fleet is None else await self.fleet.lookup(key, entry, now)
+        if shared is not None:  # newer than ours: copied into the local tier, and taken from there
+            _close(pre)
+            entry, pre = shared, False
         backing_off = self.health.backing_off(origin, now)
         decision = policy.decide(request, entry, now, self.settings, backing_off, self.store.salt)
+        if shared is not None:
+            decision = sharing.from_tier(decision)
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -133,6 +149,12 @@ class CacheService:
                     tasks.spawn(self._probe(request, url, origin, key, entry))
                 return reply
             case Action.FETCH:
+                if self.fleet is not None and entry is None and not coordinated:
+                    return await self.fleet.fetch(
+                        request.url,
+                        key.shared,
+                        lambda: self.answer(request, url, origin, whole_documents, coordinated=True),
+                    )
                 return await self._fetch(request, url, origin, key, entry, decision)
             case Action.OFFLINE_MISS:
                 logger.warning("offline: %s is not in the cache", policy.redact(url))
@@ -283,7 +305,7 @@ class CacheService:
         if status == 304 and entry is not None:
             await upstream.aclose()
             fresh = entry.refreshed(now, responses.revalidated_headers(_fields(upstream)))
-            await self._save_record(key.for_response(fresh.header("content-encoding")), fresh)
+            await self.ingest.refresh(key.for_response(fresh.header("content-encoding")), fresh)
             return await self._serve(
                 fresh, Decision(Action.SERVE, Outcome.REVALIDATED, "revalidated: 304"), request, now
             ) or (await self.answer_without(request, url, origin, key))
@@ -347,12 +369,6 @@ class CacheService:
             sha256=body.sha256,
             vary=policy.vary_values(names, request, self.store.salt),
         )
-
-    async def _save_record(self, key: str, entry: Entry) -> None:
-        try:
-            await self._db(self.store.put_record, key, entry)
-        except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", policy.redact(entry.url), exc)
 
     def _spool(self, limit: int | None) -> Spool:
         size_limit = self.settings.max_object_size if limit is None else limit

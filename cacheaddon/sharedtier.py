@@ -167,6 +167,9 @@ class _Loop:
             self.loop.close()
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.loop.is_closed() or not self._thread.is_alive():
+            coro.close()
+            raise SharedTierError("closed")
         # Cancelling the caller cancels the work on the private loop too.
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
