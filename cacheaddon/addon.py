@@ -10,8 +10,9 @@ upstream request itself (httpx, with connect and read timeouts) instead of letti
   * a fresh entry is answered from the cache without touching the upstream (HIT);
   * a stale entry is revalidated with its validators; 304 refreshes it (REVALIDATED); a new body replaces it;
   * any upstream failure (refused, DNS, TLS, no byte for cache_upstream_timeout seconds, 5xx, a body cut
-    short) is answered from the entry, however stale (STALE), and puts the host in back-off: for
-    cache_upstream_backoff seconds its stale entries are served at once while one background request probes;
+    short) is answered from the entry, however stale (STALE), and puts the origin in back-off: for
+    cache_upstream_backoff seconds its stale entries are served at once, and what is not cached is answered
+    503 at once, while one background request probes;
   * a miss is fetched and streamed to the client while it is written to the cache; it is stored only if it
     arrived whole.
   * what the cache cannot answer on a cached host (other methods, a Range of something not cached) is sent
@@ -35,18 +36,19 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, fleet, policy, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, fleet, gate, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
+from cacheaddon.keys import redact
+from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
-from cacheaddon.service import CacheService, Reply
+from cacheaddon.service import CacheService
 from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Store, StoreError
-from cacheaddon.upstream import Upstream, tls_context
+from cacheaddon.upstream import UpstreamClient, tls_context
 
 logger = logging.getLogger(__name__)
 
 _META = "cacheaddon"  # flow.metadata key: {"url": original URL, "outcome": ..., "detail": ...}
-_CLIENT_HOST = "cacheaddon-client-host"  # flow.metadata key: the Host an endpoint's client sent
 _UPSTREAM_OPTIONS = {
     "cache_upstream_timeout",
     "ssl_insecure",
@@ -60,28 +62,11 @@ _UPSTREAM_OPTIONS = {
 _USER_KEEP_HOST = "_cacheaddon_user_keep_host_header"
 
 
-def _headers(request: http.Request) -> dict[str, str]:
-    fields: dict[str, list[str]] = {}
-    for name, value in request.headers.items(multi=True):
-        fields.setdefault(name.lower(), []).append(value)
-    return {name: ", ".join(values) for name, values in fields.items()}
-
-
-def _url(req: http.Request) -> str:
-    """The request's URL, built from the parts mitmproxy connects by (its own .url loses an IPv6 host's
-    brackets, and glues on a path that need not start with '/')."""
-    return f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}{req.path}"
-
-
-def _client_ip(flow: http.HTTPFlow) -> str:
-    return access.peer_ip(flow.client_conn.peername)
-
-
 class CacheAddon:
     def __init__(self) -> None:
         self.settings: settings.Settings | None = None
         self.store: Store | None = None
-        self.upstream: Upstream | None = None
+        self.client: UpstreamClient | None = None
         self.service: CacheService | None = None
         self.tier: SharedTier | None = None
         self.relay = Relay()
@@ -109,7 +94,7 @@ class CacheAddon:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        new = dataclasses.replace(new, hosts=new.hosts + endpoint.upstream_hosts(list(ctx.options.mode)))
+        new = dataclasses.replace(new, hosts=new.hosts + endpoint.origin_hosts(list(ctx.options.mode)))
         if self.service is None or updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS | {"mode"}):
             self._build(new, updated)
         self._force_options()
@@ -123,8 +108,8 @@ class CacheAddon:
                 store = Store(new.cache_dir, new.size_limit)
             except StoreError as exc:
                 raise exceptions.OptionsError(f"cache_dir: {exc}") from None
-        upstream = self.upstream
-        if upstream is None or updated & _UPSTREAM_OPTIONS:
+        client = self.client
+        if client is None or updated & _UPSTREAM_OPTIONS:
             try:
                 verify = tls_context(
                     ctx.options.ssl_insecure,
@@ -135,14 +120,14 @@ class CacheAddon:
                 if store is not self.store:
                     store.close()
                 raise exceptions.OptionsError(f"ssl_verify_upstream_trusted_ca: {exc}") from None
-            upstream = Upstream(new.upstream_timeout, verify)
+            client = UpstreamClient(new.upstream_timeout, verify)
         if self.store is not None and store is not self.store:
             self.store.close()
-        if self.upstream is not None and upstream is not self.upstream:
-            _close_later(self.upstream)
-        self.settings, self.store, self.upstream = new, store, upstream
+        if self.client is not None and client is not self.client:
+            _close_later(self.client)
+        self.settings, self.store, self.client = new, store, client
         self.tier = fleet.tier_for(new, self.tier)
-        self.service = CacheService(new, store, upstream, self.health, self.pools, self.tier)
+        self.service = CacheService(new, store, client, self.health, self.pools, self.tier)
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -177,8 +162,8 @@ class CacheAddon:
         self.relay.close()
         if self.tier is not None:
             self.tier.close()
-        if self.upstream is not None:
-            _close_later(self.upstream)
+        if self.client is not None:
+            _close_later(self.client)
         if self.store is not None:
             self.store.close()
         for pool in self.pools:
@@ -216,7 +201,7 @@ class CacheAddon:
             return
         refusal = self._refusal(flow.client_conn, flow.request.host, flow.request.port)
         if refusal:
-            logger.warning("refused CONNECT from %s: %s", _client_ip(flow), refusal)
+            logger.warning("refused CONNECT from %s: %s", gate.client_ip(flow), refusal)
             flow.response = responses.forbidden(refusal)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -230,21 +215,25 @@ class CacheAddon:
         req = flow.request
         for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
-        upstream = endpoint.upstream_of(flow)
-        if upstream is not None:
-            flow.metadata[_CLIENT_HOST] = req.host_header
+        endpoint_origin = endpoint.origin_of(flow)
+        if endpoint_origin is not None:
+            flow.metadata[gate.CLIENT_HOST] = req.host_header
             if self.own_host_header:
-                req.host_header = rewrite.hostport(upstream)
-                if upstream.scheme == "https" and flow.server_conn.sni is None:
-                    flow.server_conn.sni = upstream.host  # as mitmproxy does without keep_host_header
+                req.host_header = rewrite.hostport(endpoint_origin)
+                if endpoint_origin.scheme == "https" and flow.server_conn.sni is None:
+                    flow.server_conn.sni = endpoint_origin.host  # as mitmproxy does without keep_host_header
         refusal = self._refusal(flow.client_conn, req.host, req.port)
         if refusal:
             logger.warning(
-                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
+                "refused %s %s from %s: %s",
+                req.method,
+                redact(gate.url_of_request(req)),
+                gate.client_ip(flow),
+                refusal,
             )
             forbidden = responses.forbidden(refusal)
             fields = [*forbidden.headers.items(multi=True), ("Connection", "close")]
-            flow.metadata[_META] = {"url": _url(req), "refused": True}
+            flow.metadata[_META] = {"url": gate.url_of_request(req), "refused": True}
             flow.request.stream = True
             job = Job(403, "Forbidden", fields, body=forbidden.raw_content or b"")
             self._relay(flow, job, streamed_body=True)
@@ -254,68 +243,17 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
-        req = flow.request
-        refusal = self._refusal(flow.client_conn, req.host, req.port)
-        if refusal:
-            logger.warning(
-                "refused %s %s from %s: %s", req.method, policy.redact(_url(req)), _client_ip(flow), refusal
-            )
-            flow.response = responses.forbidden(refusal)
-            return
-        upstream = endpoint.upstream_of(flow)
-        if upstream is not None and (routed := rewrite.route(req.path)) is not None:
-            origin, path = routed
-            if not self.settings.is_cached_host(origin.host, origin.port) or not (
-                self.settings.is_permitted_destination(origin.host, origin.port)
-            ):
-                # Only rewritten links lead here; anything else would make the endpoint an open proxy.
-                flow.response = responses.forbidden(f"{origin.host}:{origin.port} is not in cache_hosts")
-                return
-            req.scheme, req.host, req.port, req.path = origin.scheme, origin.host, origin.port, path
-            req.host_header = rewrite.hostport(origin)
-            if origin != upstream:
-                # Clients send the endpoint's credentials with every link it rewrote: they are not for
-                # the other hosts behind it.
-                for name in policy.CREDENTIAL_HEADERS:
-                    req.headers.pop(name, None)
-        url = _url(req)
-        if not self.settings.is_cached_host(req.host, req.port):
-            if self.settings.offline:  # a reproducible build must not reach out anywhere
-                flow.response = responses.error(504, policy.redact(url), "offline: not a cached host")
-            return
-        if not req.path.startswith("/"):
-            # HTTP/2 lets a client send any :path; glued to the host it could name another host entirely.
-            detail = "invalid request target"
-            flow.response = responses.error(400, policy.redact(url), detail)
-            return
-        if "upgrade" in req.headers and not self.settings.offline:
-            # A protocol switch (WebSocket) is mitmproxy's to relay, and never an answer to keep.
-            detail = "protocol switch: passed to the upstream"
-            flow.metadata[_META] = {"url": url, "outcome": policy.Outcome.MISS, "detail": detail}
-            return
-        method = req.method
-        if upstream is not None and method == "HEAD" and not policy.is_immutable(url, self.settings):
-            method = "GET"  # a document's headers as the endpoint serves it (rewritten) need its body
-        view = policy.RequestView(
-            method, policy.normalize_url(req.scheme, req.host, req.port, req.path), _headers(req)
-        )
-        health_key = f"{req.scheme}://{rewrite.hostport(rewrite.Origin(req.scheme, req.host, req.port))}"
-        why_not = policy.request_cacheability(view)
-        if why_not is not None:
-            if self.settings.offline:
-                detail = f"offline: {why_not}"
-                reply = Reply(policy.Outcome.MISS, detail, responses.error(504, url, detail))
-            else:
-                reply = await self.service.forward(view, url, health_key, req.raw_content, why_not)
-        else:
-            reply = await self.service.answer(view, url, health_key, whole_documents=upstream is not None)
-        if upstream is not None:
-            base = endpoint.client_base(flow, flow.metadata.get(_CLIENT_HOST))
-            reply = await endpoint.rewritten(reply, base, upstream, self.settings.is_cached_host, url)
-        self._apply(flow, reply, url)
+        self._apply(flow, await gate.handle(flow, self.settings, self.service))
 
-    def _apply(self, flow: http.HTTPFlow, reply: Reply, url: str) -> None:
-        flow.metadata[_META] = {"url": url, "outcome": reply.outcome, "detail": reply.detail}
+    def _apply(self, flow: http.HTTPFlow, handled: gate.Handled) -> None:
+        reply = handled.reply
+        if reply is None:  # left to mitmproxy
+            if handled.detail is not None:
+                flow.metadata[_META] = {"url": handled.url, "outcome": Outcome.MISS, "detail": handled.detail}
+            return
+        flow.metadata[_META] = {"url": handled.url, "outcome": reply.outcome, "detail": reply.detail}
+        if handled.refused:
+            flow.metadata[_META]["refused"] = True
         if reply.response is not None:
             if flow.request.method == "HEAD" and reply.response.raw_content:
                 # A body after a HEAD answer would be read by a keep-alive client as its next response.
@@ -386,7 +324,7 @@ class CacheAddon:
             flow.response.headers.get("x-cache", "-"),
             flow.response.status_code,
             size,
-            policy.redact(meta["url"]),
+            redact(meta["url"]),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -396,15 +334,15 @@ class CacheAddon:
         self._unrelay(flow, meta)
         if meta.get("refused"):
             return
-        logger.warning("%s failed %s: %s", meta["outcome"].value, policy.redact(meta["url"]), flow.error)
+        logger.warning("%s failed %s: %s", meta["outcome"].value, redact(meta["url"]), flow.error)
 
 
-def _close_later(upstream: Upstream) -> None:
+def _close_later(client: UpstreamClient) -> None:
     try:
         asyncio.get_running_loop()
     except RuntimeError:  # no loop yet: nothing was opened
         return
-    tasks.spawn(upstream.aclose())
+    tasks.spawn(client.aclose())
 
 
 addons = [CacheAddon()]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from cacheaddon import clientconfig, registries
+from cacheaddon import clientconfig, leanaddons, registries, workers
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
@@ -63,6 +63,13 @@ def _parser() -> _Parser:
         + ", ".join(f"{p.name} ({p.upstream}) on {p.port}" for p in registries.PRESETS.values())
         + ". Repeatable.",
     )
+    run.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="run N proxy processes on the same listen addresses (SO_REUSEPORT), sharing cache_dir and "
+        "confdir; auto: one per core (default: 1, this process)",
+    )
 
     config = commands.add_parser("config", help="print a client's configuration for a registry endpoint")
     config.add_argument(
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
     except SystemExit as e:  # --help, or a usage error already printed
         return _exit_status(e)
     if args.command == "run":
-        return run_proxy(rest, args.registry, addon_factory)
+        return run_command(args, rest, addon_factory)
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)
@@ -131,6 +138,23 @@ def print_config(client: str, endpoint: str | None) -> int:
 
 
 # --- run ---
+
+
+def run_command(args: argparse.Namespace, mitm_args: list[str], addon_factory: AddonFactory | None) -> int:
+    """`cacheaddon run`: this process, or a supervisor of --workers processes each running it."""
+    try:
+        count = workers.worker_count(args.workers)
+    except ValueError as e:
+        _fail("run", str(e))
+        return 2
+    ready_fd = workers.worker_fd()
+    if count > 1 and ready_fd is None:
+        run_args = ["run", *(f"--registry={spec}" for spec in args.registry), *mitm_args]
+        # The CA the workers will share: where they will look for it, as large as they would make it.
+        confdir = ([DEFAULT_CONFDIR] + _set_values(mitm_args, "confdir"))[-1]
+        key_size = ["2048"] + [v for v in _set_values(mitm_args, "key_size") if v.isdigit()]
+        return workers.supervise(count, run_args, str(Path(confdir).expanduser()), int(key_size[-1]))
+    return run_proxy(mitm_args, args.registry, addon_factory, ready_fd)
 
 
 def _mode_arguments(mitm_args: Sequence[str], reverse_modes: Sequence[str]) -> list[str]:
@@ -165,7 +189,7 @@ def _filter_options(args: Any) -> dict[str, str]:
     return {}
 
 
-def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
+def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> type[DumpMaster]:
     from mitmproxy import exceptions, hooks
     from mitmproxy.tools.dump import DumpMaster
 
@@ -178,6 +202,8 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
             self.cache_addon = addon_factory()
             # mitmproxy's AddonManager and OptManager.keys are unannotated: cast for mypy --strict.
             cast(Any, self.addons).add(self.cache_addon)
+            if ready_fd is not None:  # a worker: tells its supervisor once everything listens
+                cast(Any, self.addons).add(workers.ReadySignal(ready_fd))
 
         async def run(self) -> None:
             if self.options.connection_strategy != "lazy":
@@ -191,6 +217,8 @@ def _master_class(addon_factory: AddonFactory) -> type[DumpMaster]:
             except exceptions.OptionsError as e:
                 _fail("run", str(e))
                 sys.exit(1)
+            # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
+            leanaddons.prune(self.addons, self.options)
             await super().run()
 
     return CacheMaster
@@ -204,7 +232,10 @@ def _exit_status(e: SystemExit) -> int:
 
 
 def run_proxy(
-    mitm_args: Sequence[str], registry_specs: Sequence[str], addon_factory: AddonFactory | None
+    mitm_args: Sequence[str],
+    registry_specs: Sequence[str],
+    addon_factory: AddonFactory | None,
+    ready_fd: int | None = None,
 ) -> int:
     """Run mitmdump in this process with the cache addon and one reverse proxy per registry spec."""
     try:
@@ -231,11 +262,17 @@ def run_proxy(
     from mitmproxy.tools import cmdline
     from mitmproxy.tools import main as mitmproxy_main
 
+    if ready_fd is not None:
+        workers.share_listen_ports()
+
     # mitmproxy names the program after sys.argv[0] in its usage and option errors.
     saved_argv0, sys.argv[0] = sys.argv[0], "cacheaddon run"
     try:
         mitmproxy_main.run(
-            _master_class(addon_factory), cmdline.mitmdump, _mode_arguments(mitm_args, modes), _filter_options
+            _master_class(addon_factory, ready_fd),
+            cmdline.mitmdump,
+            _mode_arguments(mitm_args, modes),
+            _filter_options,
         )
     except SystemExit as e:  # mitmproxy exits on bad options, after printing one line naming the option
         return _exit_status(e)

@@ -12,7 +12,7 @@ import json
 import re
 from urllib.parse import urljoin, urlsplit
 
-from cacheaddon.policy import normalize_url
+from cacheaddon.keys import normalize_url
 
 _HREF = re.compile(rb"""href\s*=\s*["']([^"'#]+)#(sha256|sha384|sha512|sha1|md5)=([0-9a-fA-F]+)["']""", re.I)
 _STRONG = ("sha512", "sha384", "sha256", "sha1")  # md5 is too weak to trust, but would not hurt

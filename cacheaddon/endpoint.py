@@ -13,9 +13,9 @@ from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from cacheaddon import decoding, responses, rewrite
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.relay import Job
-from cacheaddon.service import Reply
+from cacheaddon.reply import Reply
 from cacheaddon.settings import HostPattern
 
 logger = logging.getLogger(__name__)
@@ -28,16 +28,16 @@ _RELOCATING = ("location", "content-location")
 Cached = Callable[[str, int], bool]
 
 
-def upstream_of(flow: http.HTTPFlow) -> rewrite.Origin | None:
-    """The upstream origin of the endpoint this flow came through; None for the forward proxy."""
+def origin_of(flow: http.HTTPFlow) -> rewrite.Origin | None:
+    """The origin (upstream) of the endpoint this flow came through; None for the forward proxy."""
     mode = flow.client_conn.proxy_mode
     if isinstance(mode, ReverseMode) and mode.scheme in ("http", "https"):
         return rewrite.Origin(mode.scheme, mode.address[0].lower(), mode.address[1])
     return None
 
 
-def upstream_hosts(modes: list[str]) -> tuple[HostPattern, ...]:
-    """The upstreams of the endpoints (reverse modes) are cached hosts, whatever cache_hosts says."""
+def origin_hosts(modes: list[str]) -> tuple[HostPattern, ...]:
+    """The origins of the endpoints (reverse modes) are cached hosts, whatever cache_hosts says."""
     hosts = []
     for spec in modes:
         try:
@@ -60,12 +60,14 @@ def client_base(flow: http.HTTPFlow, host_header: str | None) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-async def rewritten(reply: Reply, base: str, upstream: rewrite.Origin, cached: Cached, url: str) -> Reply:
+async def rewritten(
+    reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached, url: str
+) -> Reply:
     """The reply as the endpoint serves it: links in index documents and redirect targets that point at a
     cached host point back at the endpoint instead."""
     status, fields = _status_fields(reply)
     if 300 <= status < 400:
-        _relocate(reply, base, upstream, cached)
+        _relocate(reply, base, endpoint_origin, cached)
         return reply
     content_type = _field(fields, "content-type") or ""
     if status != 200 or not rewrite.is_rewritable(content_type):
@@ -96,7 +98,9 @@ async def rewritten(reply: Reply, base: str, upstream: rewrite.Origin, cached: C
         detail = "document could not be read for rewriting"
         return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
     content_encoding = _field(fields, "content-encoding") or ""
-    new_body = await asyncio.to_thread(_decode_and_rewrite, body, content_encoding, base, upstream, cached)
+    new_body = await asyncio.to_thread(
+        _decode_and_rewrite, body, content_encoding, base, endpoint_origin, cached
+    )
     if new_body is None:
         logger.warning("%s: document could not be decoded for rewriting: served as is", redact(url))
         return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
@@ -112,16 +116,16 @@ def _field(fields: list[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in fields if k.lower() == name), None)
 
 
-def _relocate(reply: Reply, base: str, upstream: rewrite.Origin, cached: Cached) -> None:
+def _relocate(reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached) -> None:
     """A redirect to a cached host leads back through the endpoint, or the client would leave the cache."""
     if reply.response is not None:
         for name in _RELOCATING:
             if name in reply.response.headers:
                 value = reply.response.headers[name]
-                reply.response.headers[name] = rewrite.rewrite_url(value, base, upstream, cached)
+                reply.response.headers[name] = rewrite.rewrite_url(value, base, endpoint_origin, cached)
     elif reply.job is not None:
         reply.job.headers = [
-            (k, rewrite.rewrite_url(v, base, upstream, cached) if k.lower() in _RELOCATING else v)
+            (k, rewrite.rewrite_url(v, base, endpoint_origin, cached) if k.lower() in _RELOCATING else v)
             for k, v in reply.job.headers
         ]
 
@@ -179,7 +183,7 @@ async def _materialize(reply: Reply) -> bytes | None:
 
 
 def _decode_and_rewrite(
-    body: bytes, content_encoding: str, base: str, upstream: rewrite.Origin, cached: Cached
+    body: bytes, content_encoding: str, base: str, endpoint_origin: rewrite.Origin, cached: Cached
 ) -> bytes | None:
     """In a thread: a 20 MB npm document takes ~0.1 s to decode and rewrite. None if it cannot be decoded
     (or would decode to more than REWRITE_LIMIT bytes)."""
@@ -187,4 +191,4 @@ def _decode_and_rewrite(
         data = decoding.decode(body, content_encoding, REWRITE_LIMIT)
     except ValueError:
         return None
-    return rewrite.rewrite_links(data, base, upstream, cached)
+    return rewrite.rewrite_links(data, base, endpoint_origin, cached)

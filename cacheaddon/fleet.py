@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from cacheaddon import policy, sharing, tasks
 from cacheaddon.entry import Entry
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.settings import Settings
 from cacheaddon.sharedtier import Lease, SharedTier, SharedTierError
 from cacheaddon.store import Store, StoreError

@@ -1,38 +1,44 @@
-"""Which upstream hosts failed recently, so that an outage costs a build one timeout, not one per request."""
+"""Which origins failed recently, so that an outage costs a build one timeout, not one per request."""
 
 from __future__ import annotations
 
+from cacheaddon.policy import Backoff
+
 
 class HostHealth:
-    """After a failure an origin (scheme://host:port; the argument named `host` below) backs off for a while:
-    stale entries are served at once and at most one background probe at a time asks whether it is back.
-    Time is passed in, never read."""
+    """After a failure an origin (scheme://host:port) backs off for a while: what the cache holds is served
+    at once, what it does not is answered 503 at once, and at most one background probe at a time asks
+    whether it is back. Time is passed in, never read."""
 
     def __init__(self) -> None:
         self._down_until: dict[str, float] = {}
         self._probing: set[str] = set()
 
-    def failed(self, host: str, now: float, backoff: int) -> None:
-        self._down_until[host] = now + backoff
+    def failed(self, origin: str, now: float, backoff: int) -> None:
+        self._down_until[origin] = now + backoff
 
-    def succeeded(self, host: str) -> None:
-        self._down_until.pop(host, None)
+    def succeeded(self, origin: str) -> None:
+        self._down_until.pop(origin, None)
 
-    def backing_off(self, host: str, now: float) -> bool:
-        until = self._down_until.get(host)
+    def backoff(self, origin: str, now: float) -> Backoff | None:
+        """The origin's back-off, while it lasts."""
+        until = self._down_until.get(origin)
         if until is None:
-            return False
+            return None
         if now >= until:
-            del self._down_until[host]
+            del self._down_until[origin]
+            return None
+        return Backoff(origin, until)
+
+    def backing_off(self, origin: str, now: float) -> bool:
+        return self.backoff(origin, now) is not None
+
+    def start_probe(self, origin: str) -> bool:
+        """True when the caller may probe now (no other probe of this origin is under way)."""
+        if origin in self._probing:
             return False
+        self._probing.add(origin)
         return True
 
-    def start_probe(self, host: str) -> bool:
-        """True when the caller may probe now (no other probe of this host is under way)."""
-        if host in self._probing:
-            return False
-        self._probing.add(host)
-        return True
-
-    def end_probe(self, host: str) -> None:
-        self._probing.discard(host)
+    def end_probe(self, origin: str) -> None:
+        self._probing.discard(origin)

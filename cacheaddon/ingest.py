@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from cacheaddon import decoding, digests
 from cacheaddon.entry import Entry
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.store import Store, StoreError
 
 logger = logging.getLogger(__name__)

@@ -1,17 +1,16 @@
-"""Pure cache decisions: keys, cacheability, freshness and what to do with a request. No I/O, no clock."""
+"""Pure cache decisions: cacheability, storability, freshness and what to do with a request. No I/O, no
+clock (`now` is passed in)."""
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import re
-import string
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 from cacheaddon.entry import Entry
+from cacheaddon.keys import RequestView, unkeyed_credentials, vary_matches, vary_names
 from cacheaddon.settings import Settings
 
 # RFC 9110 7.6.1 plus the proxy-only fields: never stored, never forwarded.
@@ -28,29 +27,14 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Request fields that make an answer private to whoever sent them (npm's _authToken is sent as a Bearer
-# Authorization).
-CREDENTIAL_HEADERS = (
-    "authorization",
-    "cookie",
-    "x-nuget-apikey",
-    "private-token",
-    "job-token",
-    "deploy-token",
-    "x-api-key",
-    "x-jfrog-art-api",
-)
-# Request fields whose names look like credentials but are not keyed on: an answer the upstream marks private
-# is then not stored, since it could belong to whoever sent them. Known harmless fields are left out.
-_CREDENTIAL_LIKE = re.compile(r"auth|token|secret|passw|api-?key|credential")
-_NOT_CREDENTIALS = frozenset({"npm-auth-type", "proxy-authorization"})
-# Always part of the key: registries negotiate on them without always saying so in Vary (npm does not).
-KEYED_HEADERS = ("accept", "accept-encoding")
 STORABLE_STATUS = frozenset({200, 203, 300, 301, 308})
 NEGATIVE_STATUS = frozenset({404, 410})
-DEFAULT_PORTS = {"http": 80, "https": 443}
-_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+# Bodies up to this size are answered from memory; larger ones stream through the relay.
+INLINE_LIMIT = 1024 * 1024
+# A new body for a stale entry is read whole before answering, so that a failure midway can still fall back
+# to the entry: when it announces up to this size (or no size). It is kept in memory up to this size and
+# spooled to a temporary file beyond, up to the larger of this and cache_max_object_size.
+BUFFER_LIMIT = 8 * 1024 * 1024
 
 
 class Outcome(enum.Enum):
@@ -65,7 +49,8 @@ class Outcome(enum.Enum):
 class Action(enum.Enum):
     SERVE = "serve"  # answer from the entry
     FETCH = "fetch"  # ask the upstream (conditionally when the entry has validators)
-    OFFLINE_MISS = "offline-miss"  # 504 naming the URL
+    ERROR = "error"  # our own error page (status), naming the URL and the reason
+    PASS = "pass"  # the upstream's own error answer, passed on and not stored
 
 
 @dataclass(frozen=True)
@@ -73,138 +58,42 @@ class Decision:
     action: Action
     outcome: Outcome
     reason: str  # the X-Cache-Detail text
-    probe: bool = False  # also revalidate in the background (host in back-off)
+    probe: bool = False  # also ask the upstream in the background, one probe per origin (origin in back-off)
+    status: int = 0  # of an ERROR
 
 
 @dataclass(frozen=True)
-class RequestView:
-    method: str
-    url: str  # normalized, see normalize_url
-    headers: Mapping[str, str]  # lower-case names, repeated fields joined with ", "
+class Backoff:
+    """An origin (scheme://host:port) that failed recently, and when its back-off ends."""
 
-    def header(self, name: str) -> str:
-        return self.headers.get(name, "")
-
-
-def normalize_url(scheme: str, host: str, port: int, path: str) -> str:
-    """scheme://host[:port]/path?query with the host lower-cased, the default port dropped and
-    percent-escapes made canonical, so that one resource has one key."""
-    scheme = scheme.lower()
-    host = host.lower().rstrip(".")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    netloc = host if DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
-    path, sep, query = (path if path.startswith("/") else "/" + path).partition("?")
-    path = _PCT.sub(_canonical_escape, path.split("#", 1)[0])
-    query = _PCT.sub(_canonical_escape, query.split("#", 1)[0])
-    return f"{scheme}://{netloc}{path}{sep}{query}"
-
-
-def _canonical_escape(match: re.Match[str]) -> str:
-    """RFC 3986 6.2.2: escapes of unreserved characters decoded, others upper-cased (%2f stays escaped)."""
-    char = chr(int(match[1], 16))
-    return char if char in _UNRESERVED else "%" + match[1].upper()
-
-
-def _norm_value(value: str) -> str:
-    return ",".join(part.strip() for part in value.lower().split(",") if part.strip())
-
-
-def credential_fingerprint(headers: Mapping[str, str], salt: bytes) -> str:
-    """A salted hash of the request's credentials, or '' when it has none; never the credential itself."""
-    present = [(name, headers[name]) for name in CREDENTIAL_HEADERS if headers.get(name)]
-    if not present:
-        return ""
-    digest = hashlib.sha256(salt)
-    for name, value in present:
-        digest.update(f"\0{name}\0{value}".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:32]
-
-
-def cache_key(request: RequestView, salt: bytes, any_coding: bool = False) -> str:
-    """any_coding: the key of an answer without a content coding, which suits whatever Accept-Encoding."""
-    # Fields are joined with newlines, which neither a request target nor a header value can hold, so two
-    # different requests can never spell the same key; an any-coding key has no accept-encoding= line.
-    keyed = "\n".join(
-        "any-coding"
-        if any_coding and name == "accept-encoding"
-        else f"{name}={_norm_value(request.header(name))}"
-        for name in KEYED_HEADERS
-    )
-    owner = credential_fingerprint(request.headers, salt)
-    return f"{request.url}\n{keyed}" + (f"\ncred={owner}" if owner else "")
+    origin: str
+    until: float
 
 
 @dataclass(frozen=True)
-class Keys:
-    """Where the answer to a request is looked up and stored. A body without a content coding suits every
-    client, so it is shared by clients that ask with different Accept-Encoding values (pip, uv, npm and curl
-    each send their own, and an offline rebuild may use another client than the build that filled the
-    cache); an encoded one only suits clients that asked with that Accept-Encoding."""
+class Failure:
+    """How the upstream failed: no complete answer (refused, timed out, a body cut short...), or an answer
+    that is an outage as far as builds go (status: 5xx or 429)."""
 
-    shared: str
-    coded: str
-    identity_ok: bool  # the client did not refuse an unencoded answer (identity;q=0)
-
-    def lookup_order(self) -> tuple[str, ...]:
-        return (self.shared, self.coded) if self.identity_ok else (self.coded,)
-
-    def for_response(self, content_encoding: str | None) -> str:
-        coded = _norm_value(content_encoding or "") not in ("", "identity")
-        return self.coded if coded or not self.identity_ok else self.shared
+    reason: str  # "connection refused", "answered 503"
+    timeout: bool = False
+    status: int | None = None
 
 
-def cache_keys(request: RequestView, salt: bytes) -> Keys:
-    identity_ok = not _refuses_identity(request.header("accept-encoding"))
-    return Keys(cache_key(request, salt, any_coding=True), cache_key(request, salt), identity_ok)
+class Verdict(enum.Enum):
+    FAILED = "failed"  # 5xx or 429: see on_failure
+    NOT_MODIFIED = "not-modified"  # a 304 to our validators: the entry is refreshed and served
+    NEW = "new"  # a new answer: passed on, and stored when storable
 
 
-def _refuses_identity(accept_encoding: str) -> bool:
-    """RFC 9110 12.5.3: identity;q=0, or *;q=0 with identity not listed, refuses an unencoded answer."""
-    weights = {}
-    for part in accept_encoding.split(","):
-        coding, _, params = part.partition(";")
-        weight = 1.0
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    pass
-        if coding.strip():
-            weights[coding.strip().lower()] = weight
-    return weights.get("identity", weights.get("*", 1.0)) == 0
+@dataclass(frozen=True)
+class Answer:
+    """What to do with the upstream's answer head."""
 
-
-def vary_names(vary_header: str) -> tuple[str, ...] | None:
-    """The request fields a response varies on beyond the keyed ones; None for Vary: * (never storable).
-    Credentials are left out: the key already holds their salted hash, and they must never be stored."""
-    names = tuple(dict.fromkeys(n.strip().lower() for n in vary_header.split(",") if n.strip()))
-    if "*" in names:
-        return None
-    return tuple(n for n in names if n not in KEYED_HEADERS and n not in CREDENTIAL_HEADERS)
-
-
-def vary_digest(value: str, salt: bytes = b"") -> str:
-    # A salted digest, not the value: a header named in Vary may carry a secret the record must not hold in
-    # clear, nor in a form a short secret could be guessed back from.
-    normal = " ".join(value.split()).encode("utf-8", "surrogateescape")
-    return hashlib.sha256(salt + normal).hexdigest()[:32]
-
-
-def vary_values(
-    names: tuple[str, ...], request: RequestView, salt: bytes = b""
-) -> tuple[tuple[str, str], ...]:
-    return tuple((name, vary_digest(request.header(name), salt)) for name in names)
-
-
-def vary_matches(entry: Entry, request: RequestView, salt: bytes = b"") -> bool:
-    # Records written before the digests were salted hold unsalted ones: they still match.
-    return all(
-        value in (vary_digest(request.header(name), salt), vary_digest(request.header(name)))
-        for name, value in entry.vary
-    )
+    verdict: Verdict
+    reason: str  # the X-Cache-Detail text
+    why_not: str | None = None  # why the answer is not stored; None: store it once it arrived whole
+    buffer: bool = False  # read it whole before answering (a failure midway can still fall back to stale)
 
 
 def request_cacheability(request: RequestView) -> str | None:
@@ -224,18 +113,13 @@ def storability(
         return "not stored: Vary: *"
     if "content-range" in headers:
         return "not stored: partial content"
-    if content_length is not None and content_length > settings.max_object_size:
-        return f"not stored: larger than cache_max_object_size ({content_length} bytes)"
+    return oversize(content_length, settings)
+
+
+def oversize(size: int | None, settings: Settings) -> str | None:
+    if size is not None and size > settings.max_object_size:
+        return f"not stored: larger than cache_max_object_size ({size} bytes)"
     return None
-
-
-def unkeyed_credentials(request: RequestView) -> tuple[str, ...]:
-    """Names of request fields that look like credentials but are not among CREDENTIAL_HEADERS."""
-    return tuple(
-        name
-        for name in request.headers
-        if name not in CREDENTIAL_HEADERS and name not in _NOT_CREDENTIALS and _CREDENTIAL_LIKE.search(name)
-    )
 
 
 def private_storability(request: RequestView, response_headers: Mapping[str, str]) -> str | None:
@@ -274,112 +158,81 @@ def decide(
     entry: Entry | None,
     now: float,
     settings: Settings,
-    host_backing_off: bool,
+    backoff: Backoff | None,
     salt: bytes = b"",
 ) -> Decision:
     """What to do with a cacheable request, given what the store holds for its key (salt: the store's, which
-    the entry's Vary digests were made with)."""
+    the entry's Vary digests were made with) and whether its origin is in back-off."""
     if entry is not None and not vary_matches(entry, request, salt):
         entry = None
     if entry is None:
         if settings.offline:
-            return Decision(Action.OFFLINE_MISS, Outcome.MISS, "offline: not in cache")
+            return Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504)
+        if backoff is not None:
+            return unavailable(backoff, now, probe=True)
         return Decision(Action.FETCH, Outcome.MISS, "miss")
     if is_fresh(entry, now, settings):
         return Decision(Action.SERVE, Outcome.HIT, "fresh" if settings.offline is False else "fresh, offline")
     if settings.offline:
         return Decision(Action.SERVE, Outcome.STALE, "stale: offline mode")
-    if host_backing_off and settings.stale_on_error:
+    if backoff is not None and settings.stale_on_error:
         return Decision(Action.SERVE, Outcome.STALE, "stale: upstream failing recently", probe=True)
     return Decision(Action.FETCH, Outcome.REVALIDATED, "stale: revalidating")
 
 
-def on_failure(entry: Entry | None, failure: str, settings: Settings) -> Decision | None:
-    """After the upstream failed: the stale answer to serve, or None when the client gets the error."""
+def unavailable(backoff: Backoff, now: float, probe: bool = False) -> Decision:
+    """A 503 at once for what the cache cannot answer while its origin backs off: an outage costs a build one
+    timeout, not one per request."""
+    left = max(1, math.ceil(backoff.until - now))
+    reason = (
+        f"upstream failing recently: {backoff.origin} not tried for another {left} s (cache_upstream_backoff)"
+    )
+    return Decision(Action.ERROR, Outcome.MISS, reason, probe=probe, status=503)
+
+
+def is_failure(status: int) -> bool:
+    """Overloaded or rate-limited: an outage as far as builds go."""
+    return status >= 500 or status == 429
+
+
+def on_answer(
+    request: RequestView,
+    entry: Entry | None,
+    status: int,
+    headers: Mapping[str, str],
+    length: int | None,
+    settings: Settings,
+) -> Answer:
+    """What to do with the upstream's answer to a miss or a revalidation (headers: case-insensitive, a
+    repeated field read as its values joined with ", "; length: the Content-Length, if it frames the body)."""
+    if is_failure(status):
+        return Answer(Verdict.FAILED, f"upstream answered {status}")
+    if status == 304 and entry is not None:
+        return Answer(Verdict.NOT_MODIFIED, "revalidated: 304")
+    why_not = storability(status, headers, length, settings) or private_storability(request, headers)
+    if request.method == "HEAD":
+        why_not = why_not or "not stored: HEAD"
+    reason = why_not or ("refreshed: entry was stale" if entry is not None else "miss")
+    small = length is not None and length <= INLINE_LIMIT
+    buffer = small or request.method == "HEAD" or (entry is not None and (length or 0) <= BUFFER_LIMIT)
+    return Answer(Verdict.NEW, reason, why_not, buffer)
+
+
+def on_failure(entry: Entry | None, failure: Failure, settings: Settings) -> Decision:
+    """After the upstream failed: the stale answer to serve if there is one (SERVE), else the upstream's own
+    error answer (PASS) or our error page: 504 when it timed out, 502 otherwise."""
     if entry is not None and settings.stale_on_error:
-        return Decision(Action.SERVE, Outcome.STALE, f"stale: upstream {failure}")
-    return None
+        return Decision(Action.SERVE, Outcome.STALE, f"stale: upstream {failure.reason}")
+    if failure.status is not None:
+        return Decision(Action.PASS, Outcome.MISS, f"upstream {failure.reason}")
+    return Decision(
+        Action.ERROR, Outcome.MISS, f"upstream {failure.reason}", status=504 if failure.timeout else 502
+    )
 
 
-def conditional_headers(entry: Entry | None) -> dict[str, str]:
-    """Validators to revalidate a stale entry with (RFC 9111 4.3.1)."""
-    if entry is None or entry.status not in STORABLE_STATUS:
-        return {}
-    headers = {}
-    if entry.etag:
-        headers["if-none-match"] = entry.etag
-    if entry.last_modified:
-        headers["if-modified-since"] = entry.last_modified
-    return headers
-
-
-def _strip_weak(tag: str) -> str:
-    return tag.strip().removeprefix("W/")
-
-
-def client_has_current(entry: Entry, request: RequestView) -> bool:
-    """Whether the client's own conditional request matches the entry, so a 304 answers it (RFC 9110 13.1)."""
-    if entry.status not in STORABLE_STATUS:
-        return False
-    inm = request.header("if-none-match")
-    if inm:
-        if inm.strip() == "*":
-            return True
-        etag = entry.etag
-        return etag is not None and _strip_weak(etag) in {_strip_weak(t) for t in inm.split(",")}
-    ims, lm = request.header("if-modified-since"), entry.last_modified
-    if ims and lm:
-        try:
-            return parsedate_to_datetime(lm) <= parsedate_to_datetime(ims)
-        except (TypeError, ValueError):
-            return False
-    return False
-
-
-def byte_range(value: str, size: int) -> tuple[int, int] | None | bool:
-    """A single Range 'bytes=a-b' as (first, last) inclusive; None to ignore it and send the whole body
-    (malformed, other units, several ranges: RFC 9110 14.2 lets us); False when it cannot be satisfied."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first_text, dash, last_text = spec.strip().partition("-")
-    if (
-        not dash
-        or not (first_text.isdigit() or first_text == "")
-        or not (last_text.isdigit() or last_text == "")
-    ):
-        return None
-    if first_text == "":
-        if last_text == "":
-            return None
-        suffix = int(last_text)
-        if suffix == 0 or size == 0:
-            return False
-        return max(0, size - suffix), size - 1
-    first = int(first_text)
-    if first >= size:
-        return False
-    last = int(last_text) if last_text else size - 1
-    if last < first:
-        return None
-    return first, min(last, size - 1)
-
-
-def if_range_allows(entry: Entry, value: str) -> bool:
-    """If-Range (RFC 9110 13.1.5): the range applies only if the validator names this very entry."""
-    if not value:
-        return True
-    value = value.strip()
-    if value.startswith('"'):
-        return entry.etag is not None and entry.etag.strip() == value
-    return entry.last_modified is not None and entry.last_modified.strip() == value
-
-
-_SECRET_PARAM = re.compile(
-    r"(?i)([?&](?:[^=&]*(?:token|key|secret|password|passwd|auth|sig|signature)[^=&]*)=)[^&#]*"
-)
-
-
-def redact(url: str) -> str:
-    """A URL fit for a log line: values of query parameters that look like credentials are masked."""
-    return _SECRET_PARAM.sub(r"\1***", url)
+def on_unheld(entry: Entry | None, why: str, settings: Settings) -> Decision:
+    """The upstream answered, but its new body could not be held to be served (too large, disk failed)."""
+    reason = f"new body could not be held ({why})"
+    if entry is not None and settings.stale_on_error:
+        return Decision(Action.SERVE, Outcome.STALE, f"stale: {reason}")
+    return Decision(Action.ERROR, Outcome.MISS, reason, status=502)

@@ -93,7 +93,13 @@ def not_modified(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.
 
 def error(status: int, url: str, detail: str, outcome: Outcome = Outcome.MISS) -> http.Response:
     """The cache's own error page: plain text that names the URL and says why."""
-    reasons = {403: "Forbidden", 502: "Bad Gateway", 504: "Gateway Timeout"}
+    reasons = {
+        400: "Bad Request",
+        403: "Forbidden",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+        504: "Gateway Timeout",
+    }
     body = f"cacheaddon: {detail}\nURL: {url}\n".encode("utf-8", "replace")
     fields = [("Content-Type", "text/plain; charset=utf-8"), *cache_fields(outcome, detail)]
     return make(status, reasons.get(status, "Error"), fields, body)

@@ -52,18 +52,18 @@ def hostport(origin: Origin) -> str:
 
 
 def rewrite_links(
-    body: bytes, base: str, upstream: Origin, cached: Callable[[str, int], bool], doc_scheme: str = ""
+    body: bytes, base: str, endpoint_origin: Origin, cached: Callable[[str, int], bool], doc_scheme: str = ""
 ) -> bytes:
     """base: the endpoint's own origin as the client reached it, e.g. http://127.0.0.1:8081; doc_scheme: the
     scheme the document was fetched with, for protocol-relative links (default: the upstream's)."""
     base_b = base.rstrip("/").encode()
 
     def replace(match: re.Match[bytes]) -> bytes:
-        scheme = (match[1] or (doc_scheme or upstream.scheme).encode()).decode().lower()
+        scheme = (match[1] or (doc_scheme or endpoint_origin.scheme).encode()).decode().lower()
         host = match[3].decode().lower().strip("[]")
         port = int(match[4]) if match[4] else _DEFAULT_PORT[scheme]
         origin = Origin(scheme, host, port)
-        if origin == upstream:
+        if origin == endpoint_origin:
             new = base_b
         elif cached(host, port):
             new = base_b + f"{ROUTE}{scheme}/{hostport(origin)}".encode()
@@ -74,11 +74,11 @@ def rewrite_links(
     return _URL.sub(replace, body)
 
 
-def rewrite_url(url: str, base: str, upstream: Origin, cached: Callable[[str, int], bool]) -> str:
+def rewrite_url(url: str, base: str, endpoint_origin: Origin, cached: Callable[[str, int], bool]) -> str:
     """One URL (a redirect's Location), rewritten as a link in a document would be."""
     # Padded so that a bare "https://host" or a protocol-relative "//host/x" is delimited like in a document.
     padded = f" {url} ".encode("latin-1", "replace")
-    return rewrite_links(padded, base, upstream, cached)[1:-1].decode("latin-1")
+    return rewrite_links(padded, base, endpoint_origin, cached)[1:-1].decode("latin-1")
 
 
 def route(path: str) -> tuple[Origin, str] | None:

@@ -38,7 +38,7 @@ import botocore.exceptions
 
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 from cacheaddon.settings import SharedLocation
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from cacheaddon.entry import Entry
-from cacheaddon.policy import Decision, redact
+from cacheaddon.keys import redact
+from cacheaddon.policy import Decision
 
 TIER = "shared tier"
 

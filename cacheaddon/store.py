@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from cacheaddon.entry import Entry
-from cacheaddon.policy import redact
+from cacheaddon.keys import redact
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
-from cacheaddon.policy import HOP_BY_HOP
+from cacheaddon.policy import HOP_BY_HOP, Failure
 
 logger = logging.getLogger(__name__)
 
@@ -28,32 +28,59 @@ class UpstreamFailure(Exception):
 
     def __init__(self, reason: str, timeout: bool = False) -> None:
         super().__init__(reason)
-        self.reason = reason
-        self.timeout = timeout
+        self.failure = Failure(reason, timeout)
 
 
-def classify(exc: BaseException) -> UpstreamFailure:
+def _tls(exc: BaseException) -> UpstreamFailure:
+    return UpstreamFailure(f"TLS failure ({getattr(exc, 'reason', None) or exc})")
+
+
+def _protocol(exc: BaseException) -> UpstreamFailure:
+    return UpstreamFailure(f"protocol error ({exc})")
+
+
+def _connect(exc: BaseException) -> UpstreamFailure:
+    return UpstreamFailure(f"connection failed ({exc})")
+
+
+# What each library exception means, most telling first: the whole chain of causes (__cause__, __context__)
+# is searched for each type in turn, so an OS error wrapped by httpcore and then httpx is still recognised.
+_FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException], UpstreamFailure]], ...] = (
+    (httpx.TimeoutException, lambda exc: UpstreamFailure("timed out", timeout=True)),
+    (TimeoutError, lambda exc: UpstreamFailure("timed out", timeout=True)),
+    (socket.gaierror, lambda exc: UpstreamFailure("name resolution failed")),
+    (ssl.SSLError, _tls),
+    (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused")),
+    (ConnectionResetError, lambda exc: UpstreamFailure("connection reset")),
+    (httpx.RemoteProtocolError, _protocol),
+    (httpx.ConnectError, _connect),
+)
+# While a body is read, a protocol error from h11 means the body did not arrive whole: the peer closed the
+# connection before Content-Length was reached, or before the last chunk.
+_CUT = "connection closed before the body was complete"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def classify(exc: BaseException, reading_body: bool = False) -> UpstreamFailure:
+    """Our failure for a library's exception, by its type (and those of its causes), never by its text."""
     if isinstance(exc, UpstreamFailure):
         return exc
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamFailure("timed out", timeout=True)
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, socket.gaierror):
-            return UpstreamFailure("name resolution failed")
-        if isinstance(cause, ssl.SSLError):
-            return UpstreamFailure(f"TLS failure ({cause.reason or cause})")
-        if isinstance(cause, ConnectionRefusedError):
-            return UpstreamFailure("connection refused")
-        if isinstance(cause, ConnectionResetError):
-            return UpstreamFailure("connection reset")
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, httpx.RemoteProtocolError):
-        if "without sending complete message body" in str(exc):
-            return UpstreamFailure("connection closed before the body was complete")
-        return UpstreamFailure(f"protocol error ({exc})")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamFailure(f"connection failed ({exc})")
+    chain = _causes(exc)
+    for kind, failure in _FAILURES:
+        found = next((cause for cause in chain if isinstance(cause, kind)), None)
+        if found is None:
+            continue
+        if reading_body and kind is httpx.RemoteProtocolError:
+            return UpstreamFailure(_CUT)
+        return failure(found)
     return UpstreamFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
@@ -82,7 +109,9 @@ class _NoCookies(httpx.Cookies):
         pass
 
 
-class Upstream:
+class UpstreamClient:
+    """The HTTP client every upstream request the addon makes goes through."""
+
     def __init__(self, timeout: int, verify: ssl.SSLContext | bool) -> None:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(float(timeout)),
@@ -137,7 +166,7 @@ async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
             seen += len(chunk)
             yield chunk
     except Exception as exc:
-        raise classify(exc) from exc
+        raise classify(exc, reading_body=True) from exc
     finally:
         await response.aclose()
     if expected is not None and seen != expected:

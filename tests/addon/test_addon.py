@@ -24,7 +24,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import policy, settings
+from cacheaddon import keys, policy, settings
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
 
@@ -69,9 +69,9 @@ class Harness:
     ) -> Entry:
         """Stores body as the answer to flow's request, under the key the addon will look up."""
         req = flow.request
-        view = policy.RequestView(
+        view = keys.RequestView(
             req.method,
-            policy.normalize_url(req.scheme, req.host, req.port, req.path),
+            keys.normalize_url(req.scheme, req.host, req.port, req.path),
             {k.lower(): v for k, v in req.headers.items()},
         )
         assert self.addon.store is not None
@@ -85,7 +85,7 @@ class Harness:
             hashlib.sha256(body).hexdigest(),
             vary,
         )
-        self.addon.store.commit(policy.cache_key(view, self.addon.store.salt), entry, body)
+        self.addon.store.commit(keys.cache_key(view, self.addon.store.salt), entry, body)
         return entry
 
 
@@ -613,3 +613,39 @@ def test_an_endpoint_route_is_answered_from_the_routed_hosts_entries(harness: Ha
     harness.live(lambda: harness.addon.request(f))
     assert f.response is not None and f.response.raw_content == b"tarball"
     assert f.request.url == url
+
+
+# failures on the addon's own path
+
+
+def test_a_url_our_client_refuses_is_answered_400_with_one_log_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An invalid IDNA label: mitmproxy takes it, httpx cannot encode it. Nothing may fall through to
+    # mitmproxy's own forwarding, and the log gets one line, no traceback.
+    harness.configure(cache_hosts=["*.example"])
+    f = flow_for("http://a.example/simple/pkg/")
+    f.request.host = "xn--a.example"
+    with caplog.at_level(logging.INFO, logger="cacheaddon"):
+        harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 400
+    assert (f.response.headers["X-Cache"], f.response.headers["X-Cache-Detail"]) == (
+        "MISS",
+        "invalid request target",
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is None, errors
+    assert "xn--a.example" in errors[0].getMessage()
+    assert not harness.addon.health.backing_off("http://xn--a.example", time.time())  # not the origin's fault
+
+
+@pytest.mark.parametrize("target", ["/simple/six/?\x00", "/simple/six/\r\nX-Injected: 1", "/" + "p" * 70_000])
+def test_a_request_target_no_client_can_mean_is_answered_400(harness: Harness, target: str) -> None:
+    port = closed_port()
+    harness.configure(cache_hosts=[f"127.0.0.1:{port}"])
+    f = flow_for(f"http://127.0.0.1:{port}/")
+    f.request.path = target
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 400
+    assert f.response.headers["X-Cache-Detail"] == "invalid request target"
+    assert b"\x00" not in f.response.content and b"\r\nX-Injected" not in f.response.content

@@ -339,6 +339,20 @@ def read_request_head(conn: socket.socket, limit: int = 1 << 20) -> bytes:
     return data
 
 
+class Hang:
+    """A RawServer behaviour: reads a request and never answers (until the test stops it)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket, stopping: threading.Event) -> None:
+        if read_request_head(conn):
+            with self._lock:
+                self.requests += 1
+        stopping.wait(60)
+
+
 # --- raw exchanges with the proxy ---------------------------------------------------------------------------
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .clients import ProxyFactory, client_env, npm_install, npm_installed_version, pip_install, report
+from .fakeorigin import Hang, RawServer
 from .fakeregistry import FakeRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PACKAGES = ["alpha", "bravo", "charlie", "delta", "echo", "golf"]
 UPSTREAM_TIMEOUT = 3
+HANGING_IP = "127.0.0.4"
 
 
 def test_hanging_registry_costs_one_timeout_per_install_not_per_package(
@@ -70,3 +73,29 @@ def test_hanging_registry_costs_npm_one_timeout_audit_included(
     outcomes = proxy.cache_log(mark)
     packuments = {registry.npm_url + name.replace("/", "%2f") for name in NPM_INSTALLED}
     assert {url: o for o, url in outcomes if url in packuments} == dict.fromkeys(packuments, "STALE")
+
+
+def test_during_back_off_what_is_not_cached_is_answered_at_once(proxy_factory: ProxyFactory) -> None:
+    """An outage costs one timeout even for packages not cached yet: during the back-off they get a 503 at
+    once that names the origin and the seconds left, and the hanging registry gets one probe, not one
+    request per package."""
+    hang = Hang()
+    server = RawServer(hang, ip=HANGING_IP).start()
+    try:
+        proxy = proxy_factory(cache_hosts=[HANGING_IP], cache_upstream_timeout=UPSTREAM_TIMEOUT)
+        origin = f"http://{HANGING_IP}:{server.port}"
+        with httpx.Client(proxy=proxy.url, trust_env=False, timeout=30) as client:
+            first = client.get(f"{origin}/simple/alpha/")
+            assert (first.status_code, first.headers.get("x-cache-detail")) == (504, "upstream timed out")
+            for name in ("bravo", "charlie", "delta", "echo"):
+                started = time.monotonic()
+                answer = client.get(f"{origin}/simple/{name}/")
+                took = time.monotonic() - started
+                assert (answer.status_code, answer.headers.get("x-cache")) == (503, "MISS"), proxy.log_tail()
+                assert f"{origin} not tried for another" in answer.text, answer.text
+                assert "s (cache_upstream_backoff)" in answer.text, answer.text
+                assert took < UPSTREAM_TIMEOUT, took
+        # The timed-out request and at most one background probe reached the registry.
+        assert hang.requests <= 2, hang.requests
+    finally:
+        server.stop()

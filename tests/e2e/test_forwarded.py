@@ -4,8 +4,6 @@ Live answers keep what is the client's own (Set-Cookie); the cache keeps none of
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from .clients import Proxy, ProxyFactory, fetch
-from .fakeorigin import FakeOrigin, OriginReply, OriginRequest, RawServer, pattern_bytes, read_request_head
+from .fakeorigin import FakeOrigin, Hang, OriginReply, OriginRequest, RawServer, pattern_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -101,20 +99,6 @@ def test_set_cookie_reaches_the_client_that_asked_and_is_never_stored(
     assert (status, headers.get("x-cache"), headers.get("set-cookie")) == (200, "MISS", "s=1; Path=/")
     status, headers, _ = fetch(proxy, f"{origin.url}/pkg.json")
     assert (status, headers.get("x-cache"), headers.get("set-cookie")) == (200, "HIT", None)
-
-
-class Hang:
-    """A RawServer behaviour: reads a request and never answers (until the test stops it)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, conn: socket.socket, stopping: threading.Event) -> None:
-        if read_request_head(conn):
-            with self._lock:
-                self.requests += 1
-        stopping.wait(60)
 
 
 def test_a_hanging_upstream_costs_one_timeout_then_fails_fast(proxy_factory: ProxyFactory) -> None:

@@ -1,10 +1,10 @@
-"""policy.redact: URLs fit for a log line, with credential-like query values masked and the rest kept."""
+"""keys.redact: URLs fit for a log line, with credential-like query values masked and the rest kept."""
 
 from __future__ import annotations
 
 import pytest
 
-from cacheaddon import policy
+from cacheaddon import keys
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ from cacheaddon import policy
     ],
 )
 def test_credential_like_query_values_are_masked(url: str, expected: str) -> None:
-    assert policy.redact(url) == expected
+    assert keys.redact(url) == expected
 
 
 @pytest.mark.parametrize(
@@ -44,12 +44,31 @@ def test_credential_like_query_values_are_masked(url: str, expected: str) -> Non
     ],
 )
 def test_paths_that_merely_mention_a_secret_are_kept(url: str) -> None:
-    assert policy.redact(url) == url
+    assert keys.redact(url) == url
 
 
 def test_the_secret_itself_never_survives() -> None:
     secret = "npm_Zq8yK2w9cVt4"
     url = f"https://r.example/pkg?_authToken={secret}&other={secret[:3]}&key={secret}"
-    redacted = policy.redact(url)
+    redacted = keys.redact(url)
     assert secret not in redacted
     assert redacted == f"https://r.example/pkg?_authToken=***&other={secret[:3]}&key=***"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://h/simple/six/?\x00", "https://h/simple/six/?%00"),
+        ("https://h/p\r\nHIT 200 1 https://forged/", "https://h/p%0D%0AHIT 200 1 https://forged/"),
+        ("https://h/p?token=a\x7fb", "https://h/p?token=***"),
+    ],
+)
+def test_control_characters_are_escaped(url: str, expected: str) -> None:
+    assert keys.redact(url) == expected
+
+
+def test_an_absurdly_long_url_is_cut() -> None:
+    url = "https://h/" + "p" * 70_000
+    logged = keys.redact(url)
+    assert logged.startswith("https://h/ppp") and logged.endswith(f"...({len(url)} characters)")
+    assert len(logged) < 2100
