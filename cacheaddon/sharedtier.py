@@ -192,6 +192,11 @@ class SharedTier:
         lease_ttl: float = LEASE_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # botocore logs dozens of debug records per call; under mitmproxy each record is an event for every
+        # addon, shipped to its loop: that cost a shared-tier hit more than the S3 calls themselves.
+        for name in ("botocore", "aiobotocore", "aiohttp"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("botocore.credentials").setLevel(logging.INFO)  # says where credentials came from
         self.location, self.timeout, self.backoff, self.lease_ttl = location, timeout, backoff, lease_ttl
         self.clock = clock
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
