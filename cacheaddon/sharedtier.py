@@ -156,6 +156,7 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="cacheaddon-shared-tier", daemon=True)
         self._thread.start()
 
@@ -167,16 +168,21 @@ class _Loop:
             self.loop.close()
 
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.loop.is_closed() or not self._thread.is_alive():
+        if self._stopped or self.loop.is_closed():
             coro.close()
             raise SharedTierError("closed")
         # Cancelling the caller cancels the work on the private loop too.
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    def stop(self, last: Coroutine[Any, Any, None]) -> None:
+    def stop(self, last: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Runs last() on the loop (bounded), then ends the thread; once."""
+        if self._stopped:
+            return
+        self._stopped = True
+
         async def finish() -> None:
             try:
-                await asyncio.wait_for(last, 5)
+                await asyncio.wait_for(last(), 5)
             finally:
                 self.loop.stop()
 
@@ -531,4 +537,4 @@ class SharedTier:
             if self._client_cm is not None:
                 await self._client_cm.__aexit__(None, None, None)
 
-        self._loop.stop(disconnect())
+        self._loop.stop(disconnect)

@@ -297,3 +297,25 @@ def test_answers_to_credentialed_requests_stay_out_of_the_bucket(
     assert [k for k in keys if "/sha256/" in k] == [f"{shared_prefix}sha256/{golf}"], keys
     assert len([k for k in keys if "/records/" in k]) == 1, keys  # the public file's record only
     assert all(b"s3cret" not in seaweed.get(k) for k in keys)
+
+
+def test_a_stale_shared_copy_rescues_an_outage_and_offline_proxies_read_the_tier(
+    fleet: Fleet, registry: FakeRegistry, seaweed: Seaweed, shared_prefix: str
+) -> None:
+    a = fleet(cache_ttl=1)
+    page = f"{registry.pypi_url}delta/"
+    status, headers, body = fetch(a, page, {"Accept": "text/html"})
+    assert (status, headers["x-cache"]) == (200, "MISS")
+    settled(seaweed, shared_prefix, at_least=2)
+    time.sleep(1.5)  # stale for a proxy with cache_ttl=1
+    registry.stop()
+
+    b = fleet(cache_ttl=1)  # an empty local tier: the shared copy is its entry, stale, and the registry down
+    status, headers, got = fetch(b, page, {"Accept": "text/html"})
+    assert (status, headers["x-cache"], got) == (200, "STALE", body), b.log_tail()
+    offline = fleet(cache_offline=True)  # never goes upstream, but the shared tier is part of the cache
+    status, headers, got = fetch(offline, page, {"Accept": "text/html"})
+    assert (status, headers["x-cache"], got) == (200, "HIT", body), offline.log_tail()
+    assert "shared tier" in headers["x-cache-detail"]
+    status, _, _ = fetch(offline, f"{registry.pypi_url}echo/", {"Accept": "text/html"})
+    assert status == 504  # in neither tier
