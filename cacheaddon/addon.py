@@ -36,9 +36,10 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, fleet, gate, responses, rewrite, settings, tasks
+from cacheaddon import access, endpoint, fleet, gate, guard, responses, rewrite, settings, tasks
 from cacheaddon.health import HostHealth
 from cacheaddon.keys import redact
+from cacheaddon.observe import Observer
 from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService
@@ -69,6 +70,8 @@ class CacheAddon:
         self.client: UpstreamClient | None = None
         self.service: CacheService | None = None
         self.tier: SharedTier | None = None
+        self.guard: guard.Guard | None = None  # the supply-chain guard, when one of its options is set
+        self.observer: Observer | None = None
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -102,6 +105,10 @@ class CacheAddon:
     def _build(self, new: settings.Settings, updated: set[str]) -> None:
         """The store, the upstream client and the service for these settings (reusing what did not change)."""
         old = self.settings
+        try:
+            new_guard = guard.build(new, self.guard)
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         store = self.store
         if store is None or old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit):
             try:
@@ -125,9 +132,11 @@ class CacheAddon:
             self.store.close()
         if self.client is not None and client is not self.client:
             _close_later(self.client)
-        self.settings, self.store, self.client = new, store, client
+        self.settings, self.store, self.client, self.guard = new, store, client, new_guard
         self.tier = fleet.tier_for(new, self.tier)
         self.service = CacheService(new, store, client, self.health, self.pools, self.tier)
+        self.observer = Observer.update(self.observer, new, store)
+        self.service.fetcher.counters = self.observer.counters
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -164,6 +173,8 @@ class CacheAddon:
             self.tier.close()
         if self.client is not None:
             _close_later(self.client)
+        if self.observer is not None:
+            self.observer.close()
         if self.store is not None:
             self.store.close()
         for pool in self.pools:
@@ -212,6 +223,8 @@ class CacheAddon:
         drops its body and answers 403: not a byte leaves the host."""
         if flow.response or flow.error or self.settings is None:
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return  # answered in request, whatever cache_strict_hosts says of the proxy's own address
         req = flow.request
         for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
@@ -243,7 +256,9 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
-        self._apply(flow, await gate.handle(flow, self.settings, self.service))
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return await self.observer.serve_metrics(flow)
+        self._apply(flow, await gate.handle(flow, self.settings, self.service, self.guard))
 
     def _apply(self, flow: http.HTTPFlow, handled: gate.Handled) -> None:
         reply = handled.reply
@@ -326,6 +341,8 @@ class CacheAddon:
             size,
             redact(meta["url"]),
         )
+        if self.observer is not None:
+            self.observer.answered(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)
@@ -335,6 +352,8 @@ class CacheAddon:
         if meta.get("refused"):
             return
         logger.warning("%s failed %s: %s", meta["outcome"].value, redact(meta["url"]), flow.error)
+        if self.observer is not None:
+            self.observer.interrupted(meta)
 
 
 def _close_later(client: UpstreamClient) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from cacheaddon import clientconfig, leanaddons, registries, workers
+from cacheaddon import cli_ops, clientconfig, leanaddons, registries, workers
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
@@ -41,6 +41,7 @@ def _fail(command: str, message: str) -> None:
 
 def _parser() -> _Parser:
     parser = _Parser(prog="cacheaddon", description="A caching proxy for package registries (mitmproxy).")
+    cli_ops.add_cache_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -103,6 +104,7 @@ def _parser() -> _Parser:
         metavar="PATH",
         help=f"where to write the CA bundle, system CAs + mitmproxy's (default: DIR/{BUNDLE_NAME})",
     )
+    cli_ops.add_parsers(commands)
     return parser
 
 
@@ -115,8 +117,11 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as e:  # --help, or a usage error already printed
         return _exit_status(e)
+    if args.command in cli_ops.COMMANDS:
+        return cli_ops.main(args)
     if args.command == "run":
-        return run_command(args, rest, addon_factory)
+        cache_dir = ["--set", f"cache_dir={args.cache_dir}"] if args.cache_dir else []
+        return run_command(args, [*cache_dir, *rest], addon_factory)
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)

@@ -17,6 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import conditional, keys, policy, responses
+from cacheaddon.counters import Counters, failure_kind
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -39,17 +40,13 @@ Serve = Callable[[Entry, Decision, RequestView, float], Awaitable[Reply | None]]
 _ERROR_BODY_LIMIT = 64 * 1024
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
-_NOT_FORWARDED = (
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
-    "range",
-)
+_NOT_FORWARDED = conditional.CONDITIONAL_FIELDS
 
 
 class Fetcher:
+    # What the fetch path reports (bytes read, failures by origin); the addon puts its own here (observe.py).
+    counters = Counters(None)
+
     def __init__(
         self,
         settings: Settings,
@@ -111,9 +108,11 @@ class Fetcher:
         try:
             fetched = await self.client.open(request.method, url, request.headers, body)
         except UpstreamFailure as exc:
+            self._count_failure(origin, exc.failure)
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
+            self._count_failure(origin, Failure(f"answered {fetched.status_code}"))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -121,7 +120,7 @@ class Fetcher:
         length = expected_length(fetched)
         if length is not None:
             fields.append(("Content-Length", str(length)))
-        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=raw_chunks(fetched))
+        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=self._chunks(fetched, origin))
         job.on_close = fetched.aclose
         return Reply(Outcome.MISS, detail, job=job)
 
@@ -136,6 +135,7 @@ class Fetcher:
     ) -> Reply:
         """The upstream failed (passed: its own error answer, if any): the stale entry, or the error."""
         now = time.time()
+        self._count_failure(origin, failure)
         self.health.failed(origin, now, self.settings.upstream_backoff)
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
@@ -152,7 +152,7 @@ class Fetcher:
         """A 5xx or 429: an outage, whose own answer (its first 64 KiB) is passed on when nothing stale is."""
         body = b""
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 body += chunk
                 if len(body) > _ERROR_BODY_LIMIT:
                     break
@@ -214,7 +214,7 @@ class Fetcher:
         limit = max(BUFFER_LIMIT, self.settings.max_object_size)
         spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 await spool.write(chunk)
                 if spool.unusable:  # too large, or the disk failed: no use reading on
                     break
@@ -282,12 +282,13 @@ class Fetcher:
             done, pending = False, b""
             try:
                 try:
-                    async for chunk in raw_chunks(fetched):
+                    async for chunk in self._chunks(fetched, origin):
                         await spool.write(chunk)
                         if pending:
                             yield pending
                         pending = chunk
-                except UpstreamFailure:
+                except UpstreamFailure as exc:
+                    self._count_failure(origin, exc.failure)
                     # Too late for a stale answer, but the next requests should not each wait on this origin.
                     self.health.failed(origin, time.time(), self.settings.upstream_backoff)
                     raise
@@ -309,6 +310,17 @@ class Fetcher:
 
         job = Job(fetched.status_code, fetched.reason_phrase, served, stream=tee(), on_close=fetched.aclose)
         return Reply(Outcome.MISS, answer.reason, job=job)
+
+
+    async def _chunks(self, fetched: httpx.Response, origin: str) -> AsyncIterator[bytes]:
+        """The upstream's body chunks, counted as bytes fetched from `origin`."""
+        # Closing the upstream response (the callers do, always) ends raw_chunks too.
+        async for chunk in raw_chunks(fetched):
+            self.counters.fetched(origin, len(chunk))
+            yield chunk
+
+    def _count_failure(self, origin: str, failure: Failure) -> None:
+        self.counters.upstream_failed(origin, failure_kind(failure.reason, failure.timeout))
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

@@ -50,6 +50,7 @@ class Ingest:
         try:
             expected = await self._db(self.store.expected_digest, entry.url)
             if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
+                self.store.integrity_failed("published digest")
                 logger.warning(
                     "%s does not match the digest its index published (%s): not cached",
                     redact(entry.url),

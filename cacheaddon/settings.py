@@ -155,6 +155,49 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "Region of the cache_shared bucket. Empty: from AWS_REGION or the shared config files, else "
         "us-east-1.",
     ),
+    (
+        "cache_min_release_age",
+        str,
+        "",
+        "Hide PyPI and npm versions published more recently than this from the metadata served, and refuse "
+        "their files (403): a duration such as 3d, 72h or 90m (s, m, h, d, w; a bare number is seconds). "
+        "Applied when answering, so a version appears by itself once old enough. Empty or 0: off.",
+    ),
+    (
+        "cache_release_age_exempt",
+        Sequence[str],
+        [],
+        "Packages cache_min_release_age does not apply to: ecosystem:pattern with an fnmatch pattern on the "
+        "package name, e.g. npm:@mycorp/* or pypi:mycorp-*; comma-separated values allowed.",
+    ),
+    (
+        "cache_release_age_missing",
+        str,
+        "allow",
+        "A version whose publish time is unknown while cache_min_release_age is set: allow (served, and "
+        "logged) or refuse.",
+    ),
+    (
+        "cache_block_advisories",
+        str,
+        "",
+        "A directory or zip of OSV advisories (JSON files, as osv.dev publishes them per ecosystem): the "
+        "PyPI and npm versions that its MAL- (malicious package) advisories name are hidden from metadata "
+        "and their files refused (403). Read again when it changes. Empty: off.",
+    ),
+    (
+        "cache_block_advisories_all",
+        bool,
+        False,
+        "Block the versions named by every advisory in cache_block_advisories, not only MAL- ones.",
+    ),
+    (
+        "cache_record",
+        str,
+        "",
+        "File to append a line to (JSON: key, URL, status, size, sha256) for every entry answered from or "
+        "stored in the cache while set, for `cacheaddon bundle create`. Empty: no recording.",
+    ),
 )
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
@@ -164,6 +207,11 @@ _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
 # S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+|\d+(?:\.\d+)?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+# Ecosystems as OSV spells them, by the prefix cache_release_age_exempt uses.
+ECOSYSTEMS = {"pypi": "PyPI", "npm": "npm"}
 _HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\[?[0-9a-f:.]+\]?$")
 
 
@@ -213,6 +261,18 @@ class Settings:
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
     shared: SharedLocation | None = None
+    # The supply-chain guard (guard.py); off unless one of the first or the fourth is set.
+    min_release_age: float = 0.0  # seconds
+    min_release_age_text: str = ""  # as the option spelled it, for messages
+    release_age_exempt: tuple[tuple[str, str], ...] = ()  # (OSV ecosystem, fnmatch pattern on the name)
+    release_age_missing: str = "allow"  # or "refuse"
+    block_advisories: Path | None = None
+    block_advisories_all: bool = False
+
+    @property
+    def guard_active(self) -> bool:
+        return self.min_release_age > 0 or self.block_advisories is not None
+    record: Path | None = None
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -274,6 +334,30 @@ def parse_host(option: str, text: str) -> HostPattern:
     if not _HOST_RE.match(host):
         raise ValueError(f"{option}: {text!r} is not a host pattern (host, host:port or *.domain)")
     return HostPattern(host, port)
+
+
+def parse_duration(option: str, text: str) -> float:
+    """Seconds in '3d', '72h', '1d12h', '90m', '30s' or a bare number of seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if not _DURATION_RE.fullmatch(compact):
+        raise ValueError(
+            f"{option}: {text!r} is not a duration (a number with s, m, h, d or w, e.g. 3d or 72h)"
+        )
+    return sum(float(n) * _DURATION_UNITS[unit or "s"] for n, unit in _DURATION_PART.findall(compact))
+
+
+def parse_exempt(option: str, text: str) -> tuple[str, str]:
+    """'npm:@mycorp/*' -> ('npm', '@mycorp/*'); a PyPI pattern is normalised like the names it matches."""
+    prefix, colon, pattern = text.partition(":")
+    ecosystem = ECOSYSTEMS.get(prefix.strip().lower())
+    if not colon or ecosystem is None or not pattern.strip():
+        raise ValueError(
+            f"{option}: {text!r} is not ecosystem:pattern with ecosystem pypi or npm (e.g. npm:@mycorp/*)"
+        )
+    pattern = pattern.strip()
+    if ecosystem == "PyPI":
+        pattern = re.sub(r"[-_.]+", "-", pattern).lower()
+    return ecosystem, pattern
 
 
 def _parse_port(option: str, text: str, port: str) -> int:
@@ -347,6 +431,12 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         networks.append(network)
     max_size = parse_size("cache_max_object_size", opts["cache_max_object_size"])
     size_limit = parse_size("cache_size_limit", opts["cache_size_limit"])
+    age_text = str(opts["cache_min_release_age"]).strip()
+    min_age = parse_duration("cache_min_release_age", age_text) if age_text else 0.0
+    missing = str(opts["cache_release_age_missing"]).strip().lower()
+    if missing not in ("allow", "refuse"):
+        raise ValueError(f"cache_release_age_missing: must be allow or refuse, not {missing!r}")
+    advisories = str(opts["cache_block_advisories"]).strip()
     if size_limit < 1024 * 1024:
         raise ValueError(f"cache_size_limit: {opts['cache_size_limit']!r} is too small (at least 1m)")
     return Settings(
@@ -366,6 +456,15 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         shared=parse_shared(
             opts["cache_shared"], opts["cache_shared_endpoint"], opts["cache_shared_region"]
         ),
+        min_release_age=min_age,
+        min_release_age_text=age_text if min_age > 0 else "",
+        release_age_exempt=tuple(
+            parse_exempt("cache_release_age_exempt", p) for p in split_list(opts["cache_release_age_exempt"])
+        ),
+        release_age_missing=missing,
+        block_advisories=Path(advisories).expanduser() if advisories else None,
+        block_advisories_all=bool(opts["cache_block_advisories_all"]),
+        record=Path(opts["cache_record"]).expanduser().absolute() if opts.get("cache_record") else None,
     )
 
 

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -325,6 +326,7 @@ class Store:
         self.drop_body(entry)
 
     def drop_body(self, entry: Entry) -> None:
+        self.integrity_failed("body")
         with self._lock:
             self._verified.pop(entry.sha256, None)
         try:
@@ -334,3 +336,160 @@ class Store:
 
     def volume(self) -> int:
         return int(self._cache.volume())
+
+    # --- operations: raw scans and batch edits for the operator commands (inventory.py, bundle.py) and the
+    # counters. Reads here go straight to diskcache's table, so that listing or bundling a cache does not
+    # count as using its entries (diskcache's get() moves them up the LRU order); pickled values, which
+    # only a foreign writer could have left, are never loaded.
+
+    _integrity_listener: Callable[[str], None] | None = None
+
+    def integrity_failed(self, kind: str) -> None:
+        """Tells the counters about a body that did not match its digest ('body', 'published digest')."""
+        if self._integrity_listener is not None:
+            self._integrity_listener(kind)
+
+    def watch(self, on_integrity: Callable[[str], None], on_evict: Callable[[int, int], None]) -> None:
+        """Reports integrity failures and diskcache's LRU evictions (rows, bytes) to the counters."""
+        self._integrity_listener = on_integrity
+        cache, cull = self._cache, self._cache._cull
+
+        def counting_cull(now: float, sql: Any, cleanup: Any, limit: int | None = None) -> None:
+            # diskcache's triggers keep the row count and total size in Settings; we set no expiry, so every
+            # row a cull removes is an eviction.
+            before = _totals(sql)
+            cull(now, sql, cleanup, limit)
+            after = _totals(sql)
+            if after != before:
+                on_evict(before[0] - after[0], before[1] - after[1])
+
+        cache._cull = counting_cull
+
+    def record_rows(self) -> Iterator[tuple[str, Entry | None, float]]:
+        """(key, entry or None when unreadable, last used) of every record, in key order, in pages."""
+        last = "m "
+        while True:
+            try:
+                rows = self._cache._sql(
+                    "SELECT key, access_time, mode, filename, value FROM Cache "
+                    "WHERE raw = 1 AND key > ? AND key < 'm!' ORDER BY key LIMIT 500",
+                    (last,),
+                ).fetchall()
+            except Exception as exc:
+                raise _wrap(exc, "listing records") from exc
+            for key, used, mode, filename, value in rows:
+                yield key[2:], self._decode_record(mode, filename, value), float(used or 0)
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    def _decode_record(self, mode: int, filename: str | None, value: Any) -> Entry | None:
+        try:
+            if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+                return None
+            return Entry.from_record(json.loads(self._cache._disk.fetch(mode, filename, value, False)))
+        except (OSError, ValueError):
+            return None
+
+    def peek_record(self, key: str) -> Entry | None:
+        try:
+            rows = self._cache._sql(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", ("m " + key,)
+            ).fetchall()
+        except Exception as exc:
+            raise _wrap(exc, "reading a record") from exc
+        return self._decode_record(*rows[0]) if rows else None
+
+    def body_rows(self) -> Iterator[tuple[str, float]]:
+        """(sha256, when stored) of every stored body."""
+        last = "b "
+        while True:
+            try:
+                rows = self._cache._sql(
+                    "SELECT key, store_time FROM Cache WHERE raw = 1 AND key > ? AND key < 'b!' "
+                    "ORDER BY key LIMIT 500",
+                    (last,),
+                ).fetchall()
+            except Exception as exc:
+                raise _wrap(exc, "listing bodies") from exc
+            for key, stored in rows:
+                yield key[2:], float(stored or 0)
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    def peek_body(self, sha256: str) -> bytes | BinaryIO | None:
+        """The body as stored (bytes, or an open file the caller closes), unchecked; None when missing."""
+        try:
+            rows = self._cache._sql(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", ("b " + sha256,)
+            ).fetchall()
+            if not rows or rows[0][0] not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+                return None
+            return self._cache._disk.fetch(*rows[0], True)  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise _wrap(exc, "reading a body") from exc
+
+    def remove(self, keys: Iterable[str] = (), bodies: Iterable[str] = (), digests: bool = False) -> None:
+        """Deletes records and bodies (and with `digests`, every published digest), in batches."""
+        names = [*("m " + k for k in keys), *("b " + b for b in bodies)]
+        try:
+            for start in range(0, len(names), 200):
+                with self._cache.transact():
+                    for name in names[start : start + 200]:
+                        self._cache.delete(name)
+            if digests:
+                for key in list(self._cache.iterkeys()):
+                    if isinstance(key, str) and key.startswith("d "):
+                        self._cache.delete(key)
+        except Exception as exc:
+            raise _wrap(exc, "removing entries") from exc
+        with self._lock:
+            for sha in bodies:
+                self._verified.pop(sha, None)
+
+    def replace_record(self, key: str, seen: Entry, new: Entry) -> bool:
+        """Writes `new` under `key` only if the record there is still `seen` (a proxy may have changed it)."""
+        try:
+            with self._cache.transact():
+                if self.peek_record(key) != seen:
+                    return False
+                self.put_record(key, new)
+        except diskcache.Timeout as exc:
+            raise _wrap(exc, "writing a record") from exc
+        return True
+
+    def record_count(self) -> int:
+        try:
+            ((count,),) = self._cache._sql(
+                "SELECT COUNT(*) FROM Cache WHERE raw = 1 AND key > 'm ' AND key < 'm!'"
+            ).fetchall()
+        except Exception as exc:
+            raise _wrap(exc, "counting records") from exc
+        return int(count)
+
+    def stray_files(self, min_age: float) -> list[Path]:
+        """Files in diskcache's directories that no row names, unchanged for `min_age` seconds (a body being
+        moved into place has its row written a moment later: its ctime is new)."""
+        try:
+            known = {
+                row[0] for row in self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+            }
+        except Exception as exc:
+            raise _wrap(exc, "listing files") from exc
+        cutoff, stray = time.time() - min_age, []
+        for path in self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
+            name = str(path.relative_to(self.directory))
+            try:
+                if name not in known and path.stat().st_ctime < cutoff:
+                    stray.append(path)
+            except OSError:
+                continue
+        return stray
+
+
+def _totals(sql: Any) -> tuple[int, int]:
+    rows = dict(sql("SELECT key, value FROM Settings WHERE key IN ('count', 'size')").fetchall())
+    return int(rows.get("count", 0)), int(rows.get("size", 0))
