@@ -37,7 +37,19 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, gate, guard, parent, responses, rewrite, settings, startup, tasks
+from cacheaddon import (
+    access,
+    endpoint,
+    fleet,
+    gate,
+    guard,
+    parent,
+    responses,
+    rewrite,
+    settings,
+    startup,
+    tasks,
+)
 from cacheaddon.health import HostHealth
 from cacheaddon.idle import IdleClients
 from cacheaddon.keys import redact
@@ -45,6 +57,7 @@ from cacheaddon.observe import Observer
 from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Store, StoreError
 from cacheaddon.upstream import UpstreamClient, tls_context
 
@@ -78,6 +91,7 @@ class CacheAddon:
         self.store: Store | None = None
         self.client: UpstreamClient | None = None
         self.service: CacheService | None = None
+        self.tier: SharedTier | None = None
         self.guard: guard.Guard | None = None  # the supply-chain guard, when one of its options is set
         self.observer: Observer | None = None
         self.relay = Relay()
@@ -155,7 +169,8 @@ class CacheAddon:
             _close_later(self.client)
         self.settings, self.store, self.client, self.guard = new, store, client, new_guard
         self.idle.timeout = new.client_timeout
-        self.service = CacheService(new, store, client, self.health, self.pools)
+        self.tier = fleet.tier_for(new, self.tier)
+        self.service = CacheService(new, store, client, self.health, self.pools, self.tier)
         self.observer = Observer.update(self.observer, new, store)
         self.service.fetcher.counters = self.observer.counters
 
@@ -186,9 +201,13 @@ class CacheAddon:
     def running(self) -> None:
         startup.mark_running(ctx.master)
         tasks.spawn(self.relay.start())
+        if self.service is not None and self.service.fleet is not None:
+            self.service.fleet.start()  # checks the shared tier, and says so in one log line
 
     def done(self) -> None:
         self.relay.close()
+        if self.tier is not None:
+            self.tier.close()
         if self.client is not None:
             _close_later(self.client)
         if self.observer is not None:

@@ -27,7 +27,7 @@ from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
 from cacheaddon.spool import Spool, Spooled
-from cacheaddon.store import Store, StoreError
+from cacheaddon.store import Store
 from cacheaddon.upstream import UpstreamClient, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
@@ -188,10 +188,7 @@ class Fetcher:
         await fetched.aclose()
         now = time.time()
         fresh = entry.refreshed(now, responses.revalidated_headers(_fields(fetched)))
-        try:
-            await self._db(self.store.put_record, key.for_response(fresh.header("content-encoding")), fresh)
-        except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", redact(fresh.url), exc)
+        await self.ingest.refresh(key.for_response(fresh.header("content-encoding")), fresh)
         decision = Decision(Action.SERVE, Outcome.REVALIDATED, answer.reason)
         reply = await self.serve(fresh, decision, request, now)
         return reply or await self.fetch(request, url, origin, key, None)

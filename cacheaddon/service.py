@@ -7,6 +7,7 @@ Everything here runs in mitmproxy's event loop; disk work goes to a small thread
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -14,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar, assert_never
 
-from cacheaddon import conditional, keys, negotiation, policy, responses, rewrite, tasks
+from cacheaddon import conditional, keys, negotiation, policy, responses, rewrite, sharing, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher
+from cacheaddon.fleet import Fleet
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
@@ -24,6 +26,7 @@ from cacheaddon.policy import INLINE_LIMIT, Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Body, Store, StoreError
 from cacheaddon.upstream import UpstreamClient
 
@@ -44,12 +47,15 @@ class CacheService:
         client: UpstreamClient,
         health: HostHealth,
         pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        tier: SharedTier | None = None,
     ) -> None:
         self.settings, self.store, self.health = settings, store, health
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
-        self.fetcher = Fetcher(settings, store, client, health, Ingest(store, pools), pools, self._serve)
+        ingest = Ingest(store, pools)
+        self.fetcher = Fetcher(settings, store, client, health, ingest, pools, self._serve)
+        self.fleet = Fleet(tier, store, ingest, pools[0], settings, INLINE_LIMIT) if tier else None
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -58,12 +64,19 @@ class CacheService:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def answer(
-        self, request: RequestView, url: str, origin: str, whole_documents: bool = False
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        whole_documents: bool = False,
+        coordinated: bool = False,
     ) -> Reply:
         """The reply to a GET or HEAD (origin: scheme://host:port, the back-off key). A Range request for
         something not cached is forwarded and not stored. whole_documents (on endpoints, which rewrite index
-        documents): Range is ignored for them, and a miss is fetched whole."""
+        documents): Range is ignored for them, and a miss is fetched whole. coordinated: the fleet (shared
+        tier) already decided that this process may go upstream for a miss."""
         key = keys.cache_keys(request, self.store.salt)
+        pre: Body | BinaryIO | None | bool
         try:
             entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
         except StoreError as exc:
@@ -72,6 +85,10 @@ class CacheService:
         if entry is not None and not keys.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
+        shared = None if self.fleet is None else await self.fleet.lookup(key, entry, now)
+        if shared is not None:  # newer than ours: copied into the local tier, and served from there
+            _close(pre)
+            entry, pre = shared, False
         backoff = self.health.backoff(origin, now)
         fallback = None  # an answer stored for another Accept that this request admits
         if entry is None:
@@ -85,6 +102,8 @@ class CacheService:
             decision = replace(
                 decision, reason=f"{decision.reason}; negotiated {negotiation.describe(fallback)}"
             )
+        if shared is not None:
+            decision = sharing.from_tier(decision)
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -101,6 +120,9 @@ class CacheService:
                 self._maybe_probe(decision, request, url, origin, key, own)
                 return reply
             case Action.FETCH:
+                if self.fleet is not None and own is None and not coordinated:  # one download per fleet
+                    again = functools.partial(self.answer, request, url, origin, whole_documents, True)
+                    return await self.fleet.fetch(request.url, key.shared, again)
                 return await self._fetch(request, url, origin, key, own, fallback)
             case Action.ERROR:
                 if self.settings.offline:

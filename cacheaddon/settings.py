@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cacheaddon.parent import Route
 
@@ -152,6 +153,28 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "to ports other than 80 and 443): the proxy becomes an egress firewall.",
     ),
     (
+        "cache_shared",
+        str,
+        "",
+        "A shared tier behind the local cache, s3://BUCKET/PREFIX: proxies naming the same location share "
+        "what any of them fetched, and download each file once across the fleet. Empty: no shared tier. "
+        "Credentials come from the standard places (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).",
+    ),
+    (
+        "cache_shared_endpoint",
+        str,
+        "",
+        "URL of the S3-compatible service holding cache_shared (MinIO, Ceph RGW, SeaweedFS, R2...). "
+        "Empty: AWS S3.",
+    ),
+    (
+        "cache_shared_region",
+        str,
+        "",
+        "Region of the cache_shared bucket. Empty: from AWS_REGION or the shared config files, else "
+        "us-east-1.",
+    ),
+    (
         "cache_min_release_age",
         str,
         "",
@@ -204,6 +227,9 @@ OBJECT_SHARE = 4
 
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
+# S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and hyphens).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+|\d+(?:\.\d+)?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
@@ -229,6 +255,20 @@ class HostPattern:
 
 
 @dataclass(frozen=True)
+class SharedLocation:
+    """Where the shared tier lives: a bucket, a key prefix inside it ("" or ending in "/"), the service."""
+
+    bucket: str
+    prefix: str
+    endpoint: str  # "" for AWS S3 itself
+    region: str  # "" for the standard configuration's
+
+    def __str__(self) -> str:
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+@dataclass(frozen=True)
 class Settings:
     cache_dir: Path
     ttl: int
@@ -243,6 +283,7 @@ class Settings:
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
+    shared: SharedLocation | None = None
     # The supply-chain guard (guard.py); off unless one of the first or the fourth is set.
     min_release_age: float = 0.0  # seconds
     min_release_age_text: str = ""  # as the option spelled it, for messages
@@ -357,6 +398,39 @@ def _non_negative(option: str, value: int) -> int:
     return value
 
 
+def parse_shared(location: str, endpoint: str, region: str) -> SharedLocation | None:
+    location, endpoint, region = location.strip(), endpoint.strip(), region.strip()
+    if not location:
+        for option, value in (("cache_shared_endpoint", endpoint), ("cache_shared_region", region)):
+            if value:
+                raise ValueError(f"{option}: {value!r} has no effect without cache_shared")
+        return None
+    if not location.startswith("s3://"):
+        raise ValueError(f"cache_shared: {location!r} is not an S3 location (s3://BUCKET/PREFIX)")
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"cache_shared: {bucket!r} is not a bucket name (3-63 lower-case letters, digits, dots, hyphens)"
+        )
+    prefix = "/".join(part for part in prefix.split("/") if part)
+    if any(part in (".", "..") for part in prefix.split("/")) or any(ord(c) < 32 for c in prefix):
+        raise ValueError(f"cache_shared: {location!r} has an invalid prefix")
+    if endpoint and not _is_http_url(endpoint):
+        raise ValueError(f"cache_shared_endpoint: {endpoint!r} is not an http(s):// URL")
+    if region and not _REGION_RE.match(region):
+        raise ValueError(f"cache_shared_region: {region!r} is not a region name (e.g. eu-west-1)")
+    return SharedLocation(bucket, prefix + "/" if prefix else "", endpoint.rstrip("/"), region)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok and not parts.query
+
+
 def default_cache_dir(env: Mapping[str, str]) -> Path:
     xdg = env.get("XDG_CACHE_HOME", "")
     # The XDG spec: a relative value is invalid and must be ignored.
@@ -405,6 +479,9 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
+        shared=parse_shared(
+            opts["cache_shared"], opts["cache_shared_endpoint"], opts["cache_shared_region"]
+        ),
         min_release_age=min_age,
         min_release_age_text=age_text if min_age > 0 else "",
         release_age_exempt=tuple(

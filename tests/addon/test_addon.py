@@ -158,6 +158,9 @@ def test_configure_parses_the_options(harness: Harness) -> None:
         ("cache_allow_clients", ["not-an-ip"]),
         ("cache_hosts", ["bad host"]),
         ("cache_hosts", ["pypi.org:99999"]),
+        ("cache_shared", "bucket-without-scheme"),
+        ("cache_shared", "s3://No_Such_Name"),
+        ("cache_shared_endpoint", "http://127.0.0.1:8333"),  # without cache_shared
     ],
 )
 def test_a_bad_option_raises_options_error_naming_it(harness: Harness, option: str, value: Any) -> None:

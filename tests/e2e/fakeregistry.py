@@ -20,9 +20,10 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
@@ -478,12 +479,15 @@ class Blob:
     path: str
     size: int
     chunk_size: int = 64 * 1024
+    delay: float = 0.0  # seconds before each chunk is sent: a slow download, for overlapping requests
 
     def chunks(self) -> Iterator[bytes]:
         """Deterministic bytes, generated chunk by chunk: a seeded block, rotated differently per chunk."""
         block = random.Random(self.path).randbytes(self.chunk_size)
         remaining, i = self.size, 0
         while remaining > 0:
+            if self.delay:
+                time.sleep(self.delay)
             shift = (i * 7919) % self.chunk_size
             chunk = block[shift:] + block[:shift]
             yield chunk[:remaining]
@@ -644,11 +648,12 @@ class FakeRegistry:
             self._npm.setdefault(name, {})[version] = entry
         return entry
 
-    def add_blob(self, path: str, size: int) -> Blob:
-        """Serves `size` deterministic bytes at `path` on the files host, streamed (see blob_url)."""
+    def add_blob(self, path: str, size: int, delay: float = 0.0) -> Blob:
+        """Serves `size` deterministic bytes at `path` on the files host, streamed (see blob_url), waiting
+        `delay` seconds before each 64 KiB chunk."""
         if not path.startswith("/"):
             raise ValueError("blob path must start with /")
-        blob = Blob(path, size)
+        blob = Blob(path, size, delay=delay)
         with self._lock:
             self._blobs[path] = blob
             self._blob_digests.pop(path, None)
@@ -664,7 +669,7 @@ class FakeRegistry:
         if known is not None:
             return known
         digest = hashlib.sha256()
-        for chunk in blob.chunks():
+        for chunk in replace(blob, delay=0.0).chunks():
             digest.update(chunk)
         with self._lock:
             return self._blob_digests.setdefault(path, digest.hexdigest())
