@@ -14,8 +14,10 @@ looks again in the store (check again), and fetches only if the entry is not the
 whose holder died, or stopped renewing it, is taken over. Every wait is bounded: an owner that makes no
 progress is left, and the waiter fetches on its own.
 
-The seam: `fetch(..., download)` takes the owner's "do the download" step as a callable (the fetcher's, from
-the service); a shared tier across a fleet wraps that callable with its own lease, under this one.
+The seam: `fetch(..., download)` takes the owner's "do the download" step as a callable (from the service:
+the fetcher's fetch, or with a shared tier fleet.py's lease across the fleet around it). This module is the
+inner coordination (a process, and the processes sharing its cache_dir), the fleet the outer one (proxies
+with their own cache_dirs): only a flight's owner holding the cache_dir lease ever reaches the fleet's lease.
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ class Cooperation:
         url: str,
         origin: str,
         key: Keys,
-        entry: Entry | None,
+        stale: Entry | None,
         download: Download,
         tries: int = _TRIES,
     ) -> Reply:
         """The reply to a miss or a revalidation of `key`: download(flight) by the owner of its flight,
-        shared with the others."""
+        shared with the others. stale: what a joiner answers if the owner's upstream fails (the request's
+        own entry, or an answer stored for another Accept that it admits)."""
         if request.method != "GET" or tries <= 0:
             return await download(None)
 
@@ -96,7 +99,7 @@ class Cooperation:
             return await self._own(flight, request, key, download)
 
         async def join(flight: Flight) -> Reply:
-            return await self._join(flight, request, url, origin, key, entry, download, tries)
+            return await self._join(flight, request, url, origin, key, stale, download, tries)
 
         return await self.flights.run(key.coded, own, join)
 
@@ -109,7 +112,7 @@ class Cooperation:
         url: str,
         origin: str,
         key: Keys,
-        entry: Entry | None,
+        stale: Entry | None,
         download: Download,
         tries: int,
     ) -> Reply:
@@ -129,11 +132,11 @@ class Cooperation:
             case Kind.FAILED:
                 assert landing.failure is not None
                 passed = landing.passed.copy() if landing.passed is not None else None
-                return await self.fetcher.failed(landing.failure, request, url, entry, passed)
+                return await self.fetcher.failed(landing.failure, request, url, stale, passed)
             case Kind.ALONE:
                 return await download(None)
             case Kind.ABANDONED:
-                return await self.fetch(request, url, origin, key, entry, download, tries - 1)
+                return await self.fetch(request, url, origin, key, stale, download, tries - 1)
             case _:
                 assert_never(landing.kind)
 

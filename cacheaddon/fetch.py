@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, TypeVar, assert_never
 
@@ -17,6 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import conditional, keys, policy, responses, streaming
+from cacheaddon.counters import Counters, failure_kind
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -25,9 +26,9 @@ from cacheaddon.policy import BUFFER_LIMIT, INLINE_LIMIT, Action, Answer, Decisi
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
-from cacheaddon.singleflight import ALONE, Flight, Growing, Head, Kind, Landing
+from cacheaddon.singleflight import ALONE, Flight, Growing, Head, Kind, Landing, land_stored
 from cacheaddon.spool import Spool, Spooled
-from cacheaddon.store import Store, StoreError
+from cacheaddon.store import Store
 from cacheaddon.upstream import UpstreamClient, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
@@ -40,17 +41,13 @@ Serve = Callable[[Entry, Decision, RequestView, float], Awaitable[Reply | None]]
 _ERROR_BODY_LIMIT = 64 * 1024
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
-_NOT_FORWARDED = (
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
-    "range",
-)
+_NOT_FORWARDED = conditional.CONDITIONAL_FIELDS
 
 
 class Fetcher:
+    # What the fetch path reports (bytes read, failures by origin); the addon puts its own here (observe.py).
+    counters = Counters(None)
+
     def __init__(
         self,
         settings: Settings,
@@ -78,24 +75,28 @@ class Fetcher:
         origin: str,
         key: Keys,
         entry: Entry | None,
+        fallback: Entry | None = None,
         flight: Flight | None = None,
     ) -> Reply:
         """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may.
-        What joiners of `flight` may share of it is published there (singleflight.py)."""
+        fallback: an answer stored for another Accept that the request admits, served if the upstream fails
+        (never revalidated: its validators are another representation's). What joiners of `flight` may
+        share of it is published there (singleflight.py)."""
+        stale = entry or fallback
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         headers.update(conditional.conditional_headers(entry))
         try:
             fetched = await self.client.open(request.method, url, headers)
         except UpstreamFailure as exc:
-            return await self._failed(exc.failure, request, url, origin, entry, flight)
+            return await self._failed(exc.failure, request, url, origin, stale, flight)
         if flight is not None:
             flight.touch()
         length = expected_length(fetched)
         answer = policy.on_answer(request, entry, fetched.status_code, fetched.headers, length, self.settings)
         match answer.verdict:
             case Verdict.FAILED:
-                return await self._failed_answer(fetched, request, url, origin, entry, flight)
+                return await self._failed_answer(fetched, request, url, origin, stale, flight)
             case Verdict.NOT_MODIFIED:
                 assert entry is not None
                 self.health.succeeded(origin)
@@ -103,7 +104,7 @@ class Fetcher:
             case Verdict.NEW:
                 self.health.succeeded(origin)
                 if answer.buffer:
-                    return await self._buffered(fetched, answer, request, url, origin, key, entry, flight)
+                    return await self._buffered(fetched, answer, request, url, origin, key, stale, flight)
                 return self._streamed(fetched, answer, request, origin, key, flight)
             case _:
                 assert_never(answer.verdict)
@@ -121,9 +122,11 @@ class Fetcher:
         try:
             fetched = await self.client.open(request.method, url, request.headers, body)
         except UpstreamFailure as exc:
+            self._count_failure(origin, exc.failure)
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
+            self._count_failure(origin, Failure(f"answered {fetched.status_code}"))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -131,7 +134,7 @@ class Fetcher:
         length = expected_length(fetched)
         if length is not None:
             fields.append(("Content-Length", str(length)))
-        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=raw_chunks(fetched))
+        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=self._chunks(fetched, origin))
         job.on_close = fetched.aclose
         return Reply(Outcome.MISS, detail, job=job)
 
@@ -147,7 +150,8 @@ class Fetcher:
     ) -> Reply:
         """The upstream failed (passed: its own error answer, if any): the stale entry, or the error; the
         same for every joiner of the flight."""
-        self.health.failed(origin, time.time(), self.settings.upstream_backoff)
+        self._count_failure(origin, failure)
+        self.health.failed(origin, time.time(), self.settings.upstream_backoff, failure.reason)
         if flight is not None:
             shared = passed.copy() if passed is not None else None
             flight.land(Landing(Kind.FAILED, detail=failure.reason, failure=failure, passed=shared))
@@ -165,7 +169,6 @@ class Fetcher:
         now = time.time()
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
-            logger.warning("upstream failed for %s (%s)", redact(url), failure.reason)
             reply = await self.serve(entry, decision, request, now)
             if reply is not None:
                 return reply
@@ -184,7 +187,7 @@ class Fetcher:
         """A 5xx or 429: an outage, whose own answer (its first 64 KiB) is passed on when nothing stale is."""
         body = b""
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 body += chunk
                 if len(body) > _ERROR_BODY_LIMIT:
                     break
@@ -213,16 +216,12 @@ class Fetcher:
         await fetched.aclose()
         now = time.time()
         fresh = entry.refreshed(now, responses.revalidated_headers(_fields(fetched)))
-        try:
-            await self._db(self.store.put_record, key.for_response(fresh.header("content-encoding")), fresh)
-        except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", redact(fresh.url), exc)
+        await self.ingest.refresh(key.for_response(fresh.header("content-encoding")), fresh)
         decision = Decision(Action.SERVE, Outcome.REVALIDATED, answer.reason)
         reply = await self.serve(fresh, decision, request, now)
         if reply is None:  # the body is gone: fetched whole, for the joiners too
-            return await self.fetch(request, url, origin, key, None, flight)
-        if flight is not None:
-            flight.land(Landing(Kind.STORED, fresh, Outcome.REVALIDATED, answer.reason))
+            return await self.fetch(request, url, origin, key, None, flight=flight)
+        land_stored(flight, fresh, Outcome.REVALIDATED, answer.reason)
         return reply
 
     def _new_entry(self, request: RequestView, fetched: httpx.Response, body: Spooled) -> Entry:
@@ -255,7 +254,7 @@ class Fetcher:
         limit = max(BUFFER_LIMIT, self.settings.max_object_size)
         spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 await spool.write(chunk)
                 if spool.unusable:  # too large, or the disk failed: no use reading on
                     break
@@ -286,12 +285,10 @@ class Fetcher:
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
         stored_key = key.for_response(new.header("content-encoding"))
         if body.data is not None:
-            if why_not is None:
-                await self.ingest.commit(stored_key, new, body.data)
-            _land_stored(flight, new if why_not is None else None, outcome, detail)
-            if why_not is None:
-                if conditional.client_has_current(new, request):
-                    return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
+            stored = why_not is None and await self.ingest.commit(stored_key, new, body.data)
+            land_stored(flight, new if stored else None, outcome, detail)
+            if why_not is None and conditional.client_has_current(new, request):
+                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
             data = b"" if request.method == "HEAD" else body.data
             fields = [*live, *responses.cache_fields(outcome, detail)]
             response = responses.make(new.status, new.reason, fields, data)
@@ -305,10 +302,11 @@ class Fetcher:
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
         if why_not is None:
-            await self.ingest.commit(stored_key, new, body.path)
+            stored = await self.ingest.commit(stored_key, new, body.path)
         else:
+            stored = False
             await self._disk(self.store.discard, body.path)
-        _land_stored(flight, new if why_not is None else None, outcome, detail)
+        land_stored(flight, new if stored else None, outcome, detail)
         served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
         return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
 
@@ -339,14 +337,16 @@ class Fetcher:
                 return None
             new = self._new_entry(request, fetched, body)
             stored = body.data if body.data is not None else str(body.path)
-            await self.ingest.commit(key.for_response(new.header("content-encoding")), new, stored)
-            return new
+            stored_key = key.for_response(new.header("content-encoding"))
+            return new if await self.ingest.commit(stored_key, new, stored) else None
 
         def failed(exc: UpstreamFailure) -> None:
+            self._count_failure(origin, exc.failure)
             # Too late for a stale answer, but the next requests should not each wait on this origin.
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
 
-        pump = streaming.Pump(raw_chunks(fetched), spool, commit, failed, fetched.aclose, flight, growing)
+        chunks = self._chunks(fetched, origin)
+        pump = streaming.Pump(chunks, spool, commit, failed, fetched.aclose, flight, growing)
         if flight is not None and growing is not None:
             names = keys.vary_names(fetched.headers.get("vary", "")) or ()
             fields = responses.storable_headers(_fields(fetched))  # no Set-Cookie: not the joiners'
@@ -361,10 +361,15 @@ class Fetcher:
         return Reply(Outcome.MISS, answer.reason, job=job)
 
 
-def _land_stored(flight: Flight | None, stored: Entry | None, outcome: Outcome, detail: str) -> None:
-    """Joiners serve what was stored from the store; what was not, they fetch themselves."""
-    if flight is not None:
-        flight.land(Landing(Kind.STORED, stored, outcome, detail) if stored is not None else ALONE)
+    async def _chunks(self, fetched: httpx.Response, origin: str) -> AsyncIterator[bytes]:
+        """The upstream's body chunks, counted as bytes fetched from `origin`."""
+        # Closing the upstream response (the callers do, always) ends raw_chunks too.
+        async for chunk in raw_chunks(fetched):
+            self.counters.fetched(origin, len(chunk))
+            yield chunk
+
+    def _count_failure(self, origin: str, failure: Failure) -> None:
+        self.counters.upstream_failed(origin, failure_kind(failure.reason, failure.timeout))
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

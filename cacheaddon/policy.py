@@ -146,6 +146,8 @@ def age(entry: Entry, now: float) -> int:
 
 
 def is_fresh(entry: Entry, now: float, settings: Settings) -> bool:
+    if entry.invalidated:
+        return False
     if entry.status in NEGATIVE_STATUS:
         return age(entry, now) < settings.negative_ttl
     if is_immutable(entry.url, settings):

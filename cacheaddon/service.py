@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar, assert_never
 
-from cacheaddon import conditional, keys, policy, responses, rewrite, tasks
+from cacheaddon import conditional, keys, negotiation, policy, responses, rewrite, sharing, tasks
 from cacheaddon.cooperation import Cooperation
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher
+from cacheaddon.fleet import Fleet
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
@@ -24,6 +26,8 @@ from cacheaddon.policy import INLINE_LIMIT, Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
+from cacheaddon.sharedtier import SharedTier
+from cacheaddon.singleflight import Flight, land_stored
 from cacheaddon.store import Body, Store, StoreError
 from cacheaddon.upstream import UpstreamClient
 
@@ -44,12 +48,15 @@ class CacheService:
         client: UpstreamClient,
         health: HostHealth,
         pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        tier: SharedTier | None = None,
     ) -> None:
         self.settings, self.store, self.health = settings, store, health
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
-        self.fetcher = Fetcher(settings, store, client, health, Ingest(store, pools), pools, self._serve)
+        ingest = Ingest(store, pools)
+        self.fetcher = Fetcher(settings, store, client, health, ingest, pools, self._serve)
+        self.fleet = Fleet(tier, store, ingest, pools[0], settings, INLINE_LIMIT) if tier else None
         self.cooperation = Cooperation(settings, store, self.fetcher, self._serve, pools)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -59,12 +66,17 @@ class CacheService:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def answer(
-        self, request: RequestView, url: str, origin: str, whole_documents: bool = False
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        whole_documents: bool = False,
     ) -> Reply:
         """The reply to a GET or HEAD (origin: scheme://host:port, the back-off key). A Range request for
         something not cached is forwarded and not stored. whole_documents (on endpoints, which rewrite index
         documents): Range is ignored for them, and a miss is fetched whole."""
         key = keys.cache_keys(request, self.store.salt)
+        pre: Body | BinaryIO | None | bool
         try:
             entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
         except StoreError as exc:
@@ -73,8 +85,25 @@ class CacheService:
         if entry is not None and not keys.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
+        shared = None if self.fleet is None else await self.fleet.lookup(key, entry, now)
+        if shared is not None:  # newer than ours: copied into the local tier, and served from there
+            _close(pre)
+            entry, pre = shared, False
         backoff = self.health.backoff(origin, now)
+        fallback = None  # an answer stored for another Accept that this request admits
+        if entry is None:
+            _close(pre)
+            entry, pre, fallback = await self._negotiated(
+                request, key, self.settings.offline or backoff is not None
+            )
         decision = policy.decide(request, entry, now, self.settings, backoff, self.store.salt)
+        own = entry if fallback is None else None  # only the request's own answer is revalidated for it
+        if fallback is not None and decision.action is Action.SERVE:
+            decision = replace(
+                decision, reason=f"{decision.reason}; negotiated {negotiation.describe(fallback)}"
+            )
+        if shared is not None:
+            decision = sharing.from_tier(decision)
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -88,10 +117,10 @@ class CacheService:
                     if ranged and not self.settings.offline:
                         return await self.forward(request, url, origin, None, _RANGE_MISS)
                     return await self._answer_without(request, url, origin, key)
-                self._maybe_probe(decision, request, url, origin, key, entry)
+                self._maybe_probe(decision, request, url, origin, key, own)
                 return reply
             case Action.FETCH:
-                return await self._fetch(request, url, origin, key, entry)
+                return await self._fetch(request, url, origin, key, own, fallback)
             case Action.ERROR:
                 if self.settings.offline:
                     logger.warning("offline: %s is not in the cache", redact(url))
@@ -109,24 +138,107 @@ class CacheService:
         return await self.fetcher.forward(request, url, origin, body, detail)
 
     async def _fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None = None,
     ) -> Reply:
         """The one place where a miss or a revalidation of a cache key goes upstream: once, however many
-        clients of however many processes ask for it at the same time (cooperation.py)."""
+        clients of however many processes sharing the cache_dir ask for it at the same time (cooperation.py),
+        and with a shared tier once across the fleet (_download). fallback: an answer stored for another
+        Accept, served if the upstream fails (to every client of the flight, as their own stale entry)."""
         return await self.cooperation.fetch(
             request,
             url,
             origin,
             key,
-            entry,
-            lambda flight: self.fetcher.fetch(request, url, origin, key, entry, flight),
+            entry or fallback,
+            lambda flight: self._download(request, url, origin, key, entry, fallback, flight),
         )
+
+    async def _download(
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None,
+        flight: Flight | None,
+    ) -> Reply:
+        """The flight owner's "do the download" step (flight None: a request that goes alone). A miss with a
+        shared tier goes through the fleet's lease on its URL (fleet.py): the owner takes it, or waits for
+        the proxy that holds it, and then looks in the tier again before it asks the upstream."""
+        if self.fleet is None or entry is not None or flight is None:
+            return await self.fetcher.fetch(request, url, origin, key, entry, fallback, flight)
+        owner = flight
+        return await self.fleet.fetch(
+            request.url,
+            key.shared,
+            owner,
+            lambda: self._from_tier(request, url, origin, key, fallback, owner),
+        )
+
+    async def _from_tier(
+        self, request: RequestView, url: str, origin: str, key: Keys, fallback: Entry | None, flight: Flight
+    ) -> Reply:
+        """A miss once the fleet was asked: what another proxy stored meanwhile (copied into the local tier,
+        where the flight's joiners are served it from), else the upstream's answer."""
+        assert self.fleet is not None
+        shared = await self.fleet.lookup(key, None, time.time())
+        if shared is not None:
+            now = time.time()
+            backoff = self.health.backoff(origin, now)
+            decision = policy.decide(request, shared, now, self.settings, backoff, self.store.salt)
+            if decision.action is not Action.SERVE:  # stale already: revalidated for every client
+                return await self.fetcher.fetch(request, url, origin, key, shared, fallback, flight)
+            decision = sharing.from_tier(decision)
+            reply = await self._serve(shared, decision, request, now)
+            if reply is not None:
+                land_stored(flight, shared, decision.outcome, decision.reason)
+                return reply
+        return await self.fetcher.fetch(request, url, origin, key, None, fallback, flight)
 
     async def _answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         """The reply as if nothing were cached (the entry's body turned out gone or corrupt)."""
         if self.settings.offline:
             return error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
         return await self._fetch(request, url, origin, key, None)
+
+    async def _negotiated(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """After the request's own keys missed: the best answer stored for another Accept that it admits
+        (negotiation.py), as (entry to decide with, its body as lookup gives it, entry to fall back on when
+        the upstream fails). A type the request admits only by a wildcard (curl's */*) is served only when
+        the upstream cannot be asked (cannot_ask: offline, back-off) or fails: otherwise the client gets
+        what the upstream would send it (HTML, where pip cached JSON)."""
+        try:
+            return await self._db(self._variant, request, key, cannot_ask)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            return None, None, None
+
+    def _variant(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """_negotiated's work, in one trip to the database thread."""
+        stored = self.store.variants(keys.variant_group(key.shared))
+        admitted = [(k, e) for k, e in stored if keys.vary_matches(e, request, self.store.salt)]
+        ranked = negotiation.rank(request.header("accept"), request.header("accept-encoding"), admitted)
+        if not ranked:
+            return None, None, None
+        usable = ranked[0] if cannot_ask else next((c for c in ranked if c.explicit), None)
+        if usable is None:
+            return None, None, ranked[0].entry
+        entry, pre = self.store.lookup((usable.key,), INLINE_LIMIT)
+        if entry != usable.entry:  # replaced since it was ranked: not judged, not served
+            _close(pre)
+            return None, None, None
+        return entry, pre, entry
 
     def _maybe_probe(
         self, decision: Decision, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None

@@ -10,8 +10,9 @@ and holds its last byte back until the body is complete, then sends it only if t
 a body that broke off, or that differs, reaches the client cut short, never complete-looking.
 
 The seam: `Flights.run(key, own, join)` runs `own(flight)`, the owner's whole "do the download" step, and
-knows nothing of how it downloads: cooperation.py wraps it in a lease across processes, and a shared tier can
-wrap it again (a lease across the fleet) without this module changing. Every wait here is bounded.
+knows nothing of how it downloads: cooperation.py wraps it in a lease across the processes sharing the
+cache_dir, and with a shared tier the step itself goes through the fleet's lease (fleet.py,
+service._download). Every wait here is bounded.
 """
 
 from __future__ import annotations
@@ -283,6 +284,13 @@ class Flight:
             except TimeoutError:
                 pass
         return True
+
+
+def land_stored(flight: Flight | None, stored: Entry | None, outcome: Outcome, detail: str) -> None:
+    """Lands a flight whose answer was stored (joiners serve it from the store) or not (they fetch it
+    themselves)."""
+    if flight is not None:
+        flight.land(Landing(Kind.STORED, stored, outcome, detail) if stored is not None else ALONE)
 
 
 class Flights:

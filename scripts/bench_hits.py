@@ -362,6 +362,9 @@ http {{
             proxy_cache bench;
             proxy_cache_key $http_host$request_uri;
             proxy_cache_valid 200 1d;
+            # concurrent misses of one URL wait for the first one's download instead of each fetching it
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 30s;
             add_header X-Cache-Status $upstream_cache_status;
         }}
     }}
@@ -369,15 +372,15 @@ http {{
 """
 
 
-def start_nginx(binary: str, work: Path, workers: int) -> Process:
-    prefix = work / "nginx"
+def start_nginx(binary: str, work: Path, workers: int, tag: str = "") -> Process:
+    prefix = work / f"nginx{tag}"
     prefix.mkdir()
     port = benchlib.free_port()
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, workers=workers, user=user))
     argv = [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
-    return Process("nginx", argv, work / "nginx.log", "127.0.0.1", port).start()
+    return Process("nginx", argv, work / f"nginx{tag}.log", "127.0.0.1", port).start()
 
 
 # Apache httpd
@@ -426,12 +429,20 @@ CacheDirLevels 2
 CacheDirLength 1
 CacheMaxFileSize 1073741824
 CacheHeader on
+# as a build cache is set up: a client's "Cache-Control: max-age=0" (pip sends it for index pages) does not
+# make every hit a round trip to the origin
+CacheIgnoreCacheControl On
+# concurrent misses: one request fills the entry, the others are passed to the origin meanwhile
+CacheLock on
+CacheLockPath "{prefix}/cache/.lock"
 """
 APACHE_MODULES = ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
 
 
-def start_apache(binary: str, work: Path, threads: int) -> Process:
-    prefix = work / "apache"
+def start_apache(
+    binary: str, work: Path, threads: int, tag: str = "", hosts: Sequence[str] = (benchlib.ORIGIN_HOST,)
+) -> Process:
+    prefix = work / f"apache{tag}"
     (prefix / "cache").mkdir(parents=True)
     modules = next((m for m in APACHE_MODULES if os.path.exists(f"{m}/mod_cache_disk.so")), None)
     if modules is None:
@@ -452,12 +463,13 @@ def start_apache(binary: str, work: Path, threads: int) -> Process:
             modules=modules,
             threads=threads,
             spare=threads + 1,
-            origin_host=benchlib.ORIGIN_HOST,
+            origin_host=hosts[0],
         )
+        + "".join(f"CacheEnable disk http://{host}:/\n" for host in hosts[1:])
     )
     # -DFOREGROUND: the parent stays in the foreground as the PID we stop; its child serves.
     argv = [binary, "-d", str(prefix), "-f", str(conf), "-DFOREGROUND"]
-    return Process("apache", argv, work / "apache.log", "127.0.0.1", port).start()
+    return Process("apache", argv, work / f"apache{tag}.log", "127.0.0.1", port).start()
 
 
 def _has_user(name: str) -> bool:
@@ -474,6 +486,14 @@ PROXPI_PACKAGES = ("proxpi", "gunicorn")
 
 
 def install_proxpi(work: Path) -> Path | None:
+    """See _install_proxpi; an existing venv under `work` is reused."""
+    venv = work / "proxpi-venv"
+    if (venv / "bin" / "gunicorn").exists():
+        return venv
+    return _install_proxpi(work)
+
+
+def _install_proxpi(work: Path) -> Path | None:
     """A venv of its own under the work directory with proxpi and gunicorn from PyPI, or None.
 
     Not the project's venv: proxpi brings its own Flask, Werkzeug, requests and lxml, which must not change
@@ -531,11 +551,11 @@ def _help(binary: str) -> str:
     return done.stdout
 
 
-def start_proxpi(venv: Path, work: Path, origin: str, threads: int) -> Process:
+def start_proxpi(venv: Path, work: Path, origin: str, threads: int, tag: str = "") -> Process:
     port = benchlib.free_port()
     env = {
         "PROXPI_INDEX_URL": f"{origin}/simple/",
-        "PROXPI_CACHE_DIR": str(work / "proxpi-cache"),
+        "PROXPI_CACHE_DIR": str(work / f"proxpi-cache{tag}"),
         # cacheaddon's cache_ttl: no index page expires during a run (its own default is 1800 s)
         "PROXPI_INDEX_TTL": "86400",
         "PROXPI_LOGGING_LEVEL": "WARNING",
@@ -558,7 +578,7 @@ def start_proxpi(venv: Path, work: Path, origin: str, threads: int) -> Process:
     ]
     if "--no-control-socket" in _help(argv[0]):  # gunicorn >= 27 opens one in ~/.gunicorn otherwise
         argv.insert(1, "--no-control-socket")
-    return Process("proxpi", argv, work / "proxpi.log", "127.0.0.1", port, env=env).start(timeout=60)
+    return Process("proxpi", argv, work / f"proxpi{tag}.log", "127.0.0.1", port, env=env).start(timeout=60)
 
 
 # report

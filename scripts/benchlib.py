@@ -7,7 +7,11 @@ depend only on the path, generated block by block: a 1 GiB body never sits in me
 simple index, for index proxies such as proxpi: /simple/<prefix>-<count>x<size>/ (with or without the final
 slash) lists the files /data/<size>/<prefix>-0000.tar.gz ... with their sha256, and /simple/ is an empty
 project list (projects are named, not listed). GET /_requests answers how many requests the origin has
-served, not counting itself: a benchmark checks with it that a pass of cache hits never reached the origin.
+served, not counting itself: a benchmark checks with it that a pass of cache hits never reached the origin;
+GET /_requests?path=P how many of them asked for path P. /abs/simple/<project>/ is the same page with absolute
+links (http://HOST:PORT/data/..., as the real registries link their files), which endpoints rewrite. A path
+under /slow/<ms>/ is answered like the rest of it after a pause of <ms> milliseconds before the headers (an
+upstream far away).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,13 +119,15 @@ def project_files(project: str) -> list[tuple[str, str, int]]:
 # Room for every page of a default run (100 warm pages, 100 new ones per miss pass: 700), so that a warm page
 # is never built again while measured (building one hashes its files: milliseconds).
 @functools.lru_cache(maxsize=4096)
-def simple_page(project: str) -> bytes | None:
-    """The origin's PEP 503 page of `project` (deterministic: benchmarks compare its sha256), or None."""
+def simple_page(project: str, base: str = "") -> bytes | None:
+    """The origin's PEP 503 page of `project` (deterministic: benchmarks compare its sha256), or None; links
+    are relative, or absolute when `base` (http://host:port) is given."""
     files = project_files(project)
     if not files:
         return None
     links = "".join(
-        f'<a href="{html.escape(path)}#sha256={expected_sha256(path, size)}">{html.escape(name)}</a><br/>\n'
+        f'<a href="{html.escape(base + path)}#sha256={expected_sha256(path, size)}">{html.escape(name)}</a>'
+        "<br/>\n"
         for name, path, size in files
     )
     return (
@@ -128,6 +136,10 @@ def simple_page(project: str) -> bytes | None:
         f"<body><h1>Links for {project}</h1>\n{links}</body></html>\n"
     ).encode()
 
+
+# The benchmarks' index page: 224 files, about 36 KB with absolute links (PyPI's pages for popular projects
+# are this size and larger).
+INDEX_PAGE = "/simple/" + project_name("index", 224, 20480) + "/"
 
 # Fresh for a day like the files (PyPI says 10 minutes): nginx and Apache follow it, and none of the caches
 # measured may go back to the origin during a run.
@@ -142,12 +154,14 @@ SIMPLE_ROOT = (
 
 _served_lock = threading.Lock()
 _served_total = 0  # requests served, GET /_requests excepted
+_served_paths: Counter[str] = Counter()
 
 
-def _count_request() -> None:
+def _count_request(path: str) -> None:
     global _served_total
     with _served_lock:
         _served_total += 1
+        _served_paths[path] += 1
 
 
 class _OriginHandler(BaseHTTPRequestHandler):
@@ -168,17 +182,25 @@ class _OriginHandler(BaseHTTPRequestHandler):
 
     def _head(self) -> int | bytes | None:
         """Sends the headers; returns the size of a /data body, the bytes of any other body, or None."""
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/_requests":
             with _served_lock:
-                total = _served_total
+                total = _served_paths[query[5:]] if query.startswith("path=") else _served_total
             return self._document(f"{total}\n".encode(), "text/plain", "no-store")
-        _count_request()
+        _count_request(path)
+        if (slow := re.match(r"^/slow/([0-9]{1,5})(/.*)$", path)) is not None:
+            time.sleep(int(slow[1]) / 1000)
+            path = slow[2]
+        base = ""
+        if path.startswith("/abs/simple/"):
+            host, port = self.server.server_address[:2]
+            base, path = f"http://{host}:{port}", path.removeprefix("/abs")
+        self._body_path = path
         parts = path.split("/")
         if path == "/simple/":
             return self._document(SIMPLE_ROOT, "text/html", PAGE_CACHE_CONTROL)
         if len(parts) in (3, 4) and parts[1] == "simple" and parts[3:] in ([], [""]):
-            page = simple_page(parts[2])
+            page = simple_page(parts[2], base)
             if page is not None:
                 return self._document(page, "text/html", PAGE_CACHE_CONTROL)
         if len(parts) != 4 or parts[1] != "data":
@@ -208,7 +230,7 @@ class _OriginHandler(BaseHTTPRequestHandler):
             if isinstance(size, bytes):
                 self.wfile.write(size)
                 return
-            for chunk in body_chunks(self.path.split("?", 1)[0], size):
+            for chunk in body_chunks(self._body_path, size):
                 self.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -285,6 +307,20 @@ def _start_time(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime: tells a reused PID apart
     except (OSError, IndexError):
         return None
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid` and its live descendants: on a shared machine, what a
+    server spends per answer is steadier than how many answers it manages."""
+    total = 0.0
+    for p in [pid, *(child for child, _ in descendants(pid))]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def tree_hwm_kb(pid: int) -> int:
@@ -385,10 +421,12 @@ def mitmdump_argv(
     return argv + list(extra)
 
 
-def origin_requests(origin: str) -> int:
-    """How many requests the origin at URL `origin` has served (GET /_requests, not itself counted)."""
+def origin_requests(origin: str, path: str = "") -> int:
+    """How many requests the origin at URL `origin` has served (GET /_requests, not itself counted), or how
+    many of them asked for `path`."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never the machine's proxy
-    with direct.open(origin + "/_requests", timeout=10) as response:
+    query = "?path=" + urllib.parse.quote(path) if path else ""
+    with direct.open(origin + "/_requests" + query, timeout=10) as response:
         return int(response.read())
 
 

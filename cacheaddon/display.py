@@ -1,0 +1,128 @@
+"""Output of the operator commands: rich tables and progress bars on a terminal, plain aligned columns when
+piped, JSON with --json; and the units they read and print (sizes, durations, times)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(option: str, text: str) -> float:
+    """'90' (seconds), '45s', '30m', '12h', '7d', '2w'. Raises ValueError naming the option."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    if not m:
+        raise ValueError(f"{option}: {text!r} is not a duration (e.g. 90, 45s, 30m, 12h, 7d, 2w)")
+    return float(m[1]) * _SECONDS[m[2]]
+
+
+def parse_time(option: str, text: str, now: float) -> float:
+    """A point in time: ISO 8601 ('2026-11-27', '2026-11-27T10:00', local time unless it names a zone),
+    a Unix timestamp ('1764237600'), or a duration ago ('2h', '7d')."""
+    text = text.strip()
+    if text.isdigit():
+        return float(text)
+    if _DURATION.fullmatch(text.lower()):
+        return now - parse_duration(option, text)
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"{option}: {text!r} is not a time (ISO 8601 like 2026-11-27T10:00, a Unix timestamp, "
+            "or a duration ago like 2h)"
+        ) from None
+
+
+def size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{seconds // length}{unit}"
+    return f"{seconds}s"
+
+
+def when(timestamp: float) -> str:
+    if not timestamp:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+class Output:
+    """Where a command writes: a rich console on a terminal, plain text otherwise; JSON when asked."""
+
+    def __init__(self, as_json: bool = False, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.as_json = as_json
+        self.tty = self.stream.isatty()
+        self.console = Console(file=self.stream, highlight=False) if self.tty else None
+
+    def json(self, value: Any) -> None:
+        self.stream.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+    def line(self, text: str = "") -> None:
+        if self.console is not None:
+            self.console.print(text, markup=False)
+        else:
+            self.stream.write(text + "\n")
+
+    def table(self, columns: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> None:
+        """Columns whose name starts with '>' are right-aligned (numbers)."""
+        names = [c.lstrip(">") for c in columns]
+        right = [c.startswith(">") for c in columns]
+        if self.console is not None:
+            table = Table(title=title or None, title_justify="left")
+            for name, is_right in zip(names, right, strict=True):
+                table.add_column(name, justify="right" if is_right else "left", overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            self.console.print(table)
+            return
+        if title:
+            self.stream.write(title + "\n")
+        widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+        for row in [names, *rows]:
+            cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
+            self.stream.write("  ".join(cells).rstrip() + "\n")
+
+    @contextmanager
+    def progress(self, total: int, what: str, in_bytes: bool = True) -> Iterator[Callable[[int], None]]:
+        """A progress bar on stderr when it is a terminal (and not --json); a no-op otherwise."""
+        if self.as_json or not sys.stderr.isatty():
+            yield lambda n: None
+            return
+        count = DownloadColumn() if in_bytes else MofNCompleteColumn()
+        columns = (TextColumn(what), BarColumn(), count, TimeRemainingColumn())
+        with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+            task = bar.add_task(what, total=total)
+            yield lambda n: bar.advance(task, n)
+
+
+def fail(command: str, message: str) -> None:
+    """The one-line error every command prints (stderr)."""
+    print(f"cacheaddon {command}: {message}", file=sys.stderr)

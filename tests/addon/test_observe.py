@@ -1,0 +1,79 @@
+"""The addon's operator hooks: cache_record validated in configure, answers counted and recorded, the
+metrics route answered (also under cache_strict_hosts) and only on the proxy's own address."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy.exceptions import OptionsError
+from test_addon import PYPI_INDEX, Harness, flow_for, harness  # noqa: F401 - harness is a fixture
+
+from cacheaddon import counters
+
+
+def test_an_unwritable_cache_record_is_an_options_error(harness: Harness, tmp_path: Path) -> None:  # noqa: F811
+    harness.configure()
+    with pytest.raises(OptionsError, match=r"^cache_record: "):
+        harness.configure(cache_record=str(tmp_path / "no-such-dir" / "build.record"))
+
+
+def test_an_answer_from_the_cache_is_counted_and_recorded(harness: Harness, tmp_path: Path) -> None:  # noqa: F811
+    record = tmp_path / "build.record"
+    harness.configure(cache_record=str(record))
+    f = flow_for(PYPI_INDEX)
+    entry = harness.store_entry(f, b"<html>requests</html>", headers=(("Content-Type", "text/html"),))
+
+    async def answer() -> None:
+        await harness.addon.request(f)
+        harness.addon.response(f)
+
+    harness.live(answer)
+    assert f.response is not None and f.response.headers["Cache-Status"] == 'cacheaddon; hit; detail="fresh"'
+    [line] = [json.loads(raw) for raw in record.read_text().splitlines()]
+    assert (line["url"], line["sha256"], line["size"]) == (PYPI_INDEX, entry.sha256, entry.size)
+    totals = counters.StatsDB(harness.cache_dir).totals()  # done() flushed them
+    key = counters.series(counters.ANSWERS, outcome="HIT", ecosystem="pypi", host="pypi.org")
+    assert totals[key] == 1
+    assert totals[counters.series(counters.CACHE_BYTES, host="pypi.org")] == entry.size
+
+
+@pytest.mark.parametrize(
+    ("url", "sockname", "served"),
+    [
+        ("http://127.0.0.1:8080/_cacheaddon/metrics", ("127.0.0.1", 8080), True),
+        ("http://localhost:8080/_cacheaddon/metrics", ("127.0.0.1", 8080), True),
+        ("http://127.0.0.1:9999/_cacheaddon/metrics", ("127.0.0.1", 8080), False),  # another server
+        ("http://example.com:8080/_cacheaddon/metrics", ("127.0.0.1", 8080), False),
+        ("http://127.0.0.1:8080/_cacheaddon/metricsx", ("127.0.0.1", 8080), False),
+    ],
+)
+def test_the_metrics_route_is_the_proxy_s_own(
+    harness: Harness,  # noqa: F811
+    url: str,
+    sockname: tuple[str, int],
+    served: bool,
+) -> None:
+    harness.configure(cache_strict_hosts=True)
+    f = flow_for(url)
+    f.client_conn.sockname = sockname
+
+    async def hooks() -> None:
+        harness.addon.requestheaders(f)
+        await harness.addon.request(f)
+
+    harness.live(hooks)
+    if served:
+        assert f.response is not None and f.response.status_code == 200
+        assert b"cacheaddon_answers_total" in f.response.content
+    else:  # refused by cache_strict_hosts (relayed as a 403), as any request to another host
+        assert f.response is None and f.metadata["cacheaddon"].get("refused")
+
+
+def test_metrics_are_refused_to_clients_outside_the_allow_list(harness: Harness) -> None:  # noqa: F811
+    harness.configure()
+    f = flow_for("http://127.0.0.1:8080/_cacheaddon/metrics", client="10.1.2.3")
+    f.client_conn.sockname = ("127.0.0.1", 8080)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 403

@@ -1,0 +1,87 @@
+"""The operator subcommands' arguments: units, settings from --set, usage errors (exit 2, one line)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from cacheaddon import cli
+from cacheaddon.cli_ops import UsageError, resolve_settings
+from cacheaddon.display import Output, parse_duration, parse_time
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("45s", 45), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1.5h", 5400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration("--older-than", text) == seconds
+
+
+def test_times() -> None:
+    now = 1_800_000_000.0
+    assert parse_time("--since", "2h", now) == now - 7200
+    assert parse_time("--since", "1700000000", now) == 1_700_000_000
+    assert parse_time("--since", "2026-01-02T03:04:05+00:00", now) == 1767323045
+    for bad in ("soon", "-3h", ""):
+        with pytest.raises(ValueError, match="^--since: "):
+            parse_time("--since", bad, now)
+
+
+def test_settings_from_set(tmp_path: Path) -> None:
+    config = resolve_settings(
+        str(tmp_path), ["cache_ttl=60", "cache_immutable=*.whl", "cache_immutable=*.tgz"]
+    )
+    assert (config.cache_dir, config.ttl, config.immutable) == (tmp_path, 60, ("*.whl", "*.tgz"))
+    for bad, name in (
+        ("cache_ttl=soon", "cache_ttl"),
+        ("ttl=5", "--set"),
+        ("cache_size_limit=1k", "cache_size_limit"),
+    ):
+        with pytest.raises(UsageError, match=f"^{name}"):
+            resolve_settings(None, [bad])
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["purge"], "PATTERN"),
+        (["purge", "x", "--all", "--yes"], "--all"),
+        (["purge", "--older-than", "soon"], "--older-than"),
+        (["stats", "--since", "whenever"], "--since"),
+        (["ls", "--set", "cache_ttl=x"], "cache_ttl"),
+        (["bundle", "create", "only-one.tar"], "RECORD"),
+        (["bundle", "create", "a", "b", "--since", "1h"], "--since"),
+        (["prewarm"], "LOCKFILE"),
+        (["prewarm", "requirements.txt"], "requirements.txt"),
+        (["prewarm", "--npm", "x", "--jobs", "0"], "--jobs"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], named: str
+) -> None:
+    assert cli.main([*argv, "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and named in err, err
+
+
+def test_cache_dir_before_or_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope"
+    assert cli.main(["--cache-dir", str(missing), "stats"]) == 1
+    assert str(missing) in capsys.readouterr().err
+    assert cli.main(["stats", "--cache-dir", str(missing)]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_plain_table_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    Output(stream=stream).table(["name", ">n"], [["a", "1"], ["bbb", "22"]])
+    assert stream.getvalue() == "name   n\na      1\nbbb   22\n"
+
+
+def test_an_empty_table_has_its_header() -> None:
+    stream = io.StringIO()
+    Output(stream=stream).table(["URL", ">size"], [])
+    assert stream.getvalue() == "URL  size\n"
