@@ -34,7 +34,7 @@ from cacheaddon import keys, policy, responses, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher, Serve
 from cacheaddon.keys import Keys, RequestView, redact
-from cacheaddon.leases import RENEW_EVERY, Lease, Leases, Seen, Verdict, judge, lease_name
+from cacheaddon.leases import DIRECTORY, RENEW_EVERY, Lease, Leases, Seen, Verdict, judge, lease_name
 from cacheaddon.policy import Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply
@@ -72,7 +72,7 @@ class Cooperation:
         # ...and a reader of a growing body: beyond the owner's own read timeout.
         self.read_stall = settings.upstream_timeout + 1.0
         try:
-            self.leases: Leases | None = Leases(store.directory / "flights")
+            self.leases: Leases | None = Leases(store.directory / DIRECTORY)
         except OSError as exc:
             logger.warning(
                 "no downloads shared with other processes (cannot use %s): %s", store.directory, exc

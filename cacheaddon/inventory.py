@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from cacheaddon import policy
+from cacheaddon import leases, policy
 from cacheaddon.entry import Entry
 from cacheaddon.settings import Settings
 from cacheaddon.store import Store
@@ -167,7 +167,7 @@ def refresh(store: Store, chosen: list[Item], settings: Settings) -> Refreshed:
 
 @dataclass
 class Problem:
-    kind: str  # corrupt-body, missing-body, unreadable-record, orphaned-body, stray-file
+    kind: str  # corrupt-body, missing-body, unreadable-record, orphaned-body, stray-file, stale-lease
     what: str  # a URL, a sha256 or a path
     detail: str
     keys: list[str] = field(default_factory=list)  # records to drop with it
@@ -187,7 +187,8 @@ def verify(
     store: Store, now: float, fix: bool = False, progress: Callable[[int], None] | None = None
 ) -> Verified:
     """Re-hashes every stored body; finds corrupt and missing bodies, unreadable records, bodies no record
-    points to and files no row names. `fix` drops them all (and the records of bad bodies)."""
+    points to, files no row names, and leases in flights/ (one download per key across processes) that no
+    download in progress holds. `fix` drops them all (and the records of bad bodies)."""
     found, unreadable = items(store)
     report = Verified()
     report.problems += [
@@ -221,6 +222,10 @@ def verify(
     report.problems += [
         Problem("stray-file", str(p), "a file no cache row names", path=p)
         for p in store.stray_files(_STRAY_AGE)
+    ]
+    report.problems += [
+        Problem("stale-lease", str(p), "left by a download that ended without removing it", path=p)
+        for p in leases.leftovers(store.directory / leases.DIRECTORY, now)
     ]
     if fix and report.problems:
         store.remove(

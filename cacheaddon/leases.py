@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,10 @@ logger = logging.getLogger(__name__)
 
 STALE_AFTER = 5.0  # seconds without renewal after which a lease counts as abandoned
 RENEW_EVERY = 1.0  # seconds between renewals while the holder downloads
-_ORPHAN_AGE = 3600.0  # seconds; older files in flights/ belong to holders long gone
+DIRECTORY = "flights"  # in the cache_dir
+# Seconds a file in flights/ stays unchanged before it counts as left over: a live lease is renewed every
+# RENEW_EVERY, and one not renewed for STALE_AFTER is taken over by the next process that wants its key.
+LEFTOVER_AGE = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         pass
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no procfs: kill() said it exists
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = line.rsplit(")", 1)[-1].split()
     return not fields or fields[0] not in ("Z", "X")
 
 
@@ -121,13 +125,8 @@ class Leases:
         self._remove_orphans()
 
     def _remove_orphans(self) -> None:
-        cutoff = time.time() - _ORPHAN_AGE
-        for path in self.directory.iterdir():
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass
+        for path in leftovers(self.directory, time.time()):
+            _unlink(path)
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.lease"
@@ -180,7 +179,7 @@ class Leases:
                 # another lease was created meanwhile: then that one stands).
                 try:
                     os.link(aside, path)
-                except FileExistsError:
+                except (FileExistsError, FileNotFoundError):  # another lease stands, or ours was swept
                     pass
                 return self.look(name)
         finally:
@@ -216,7 +215,7 @@ class Leases:
             if found is not None and found[0] != lease.holder:
                 try:
                     os.link(aside, path)
-                except FileExistsError:
+                except (FileExistsError, FileNotFoundError):  # another lease stands, or ours was swept
                     pass
         finally:
             _unlink(aside)
@@ -236,6 +235,33 @@ class Leases:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def leftovers(directory: Path, now: float, min_age: float = LEFTOVER_AGE) -> list[Path]:
+    """The files in a flights directory that no download in progress needs, unchanged for `min_age` seconds:
+    leases no longer renewed, announcements of leases gone or held by another holder, and what a holder that
+    died left behind (*.partial, *.dead, *.done). Removing one while a process renames it aside (take_over,
+    release) only makes that process look again."""
+    cutoff, found = now - min_age, []
+    try:
+        paths = sorted(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue  # gone meanwhile
+        if st.st_mtime >= cutoff or not stat.S_ISREG(st.st_mode):
+            continue
+        name, _, rest = path.name.partition(".")
+        if rest.endswith(".head"):  # renewed through its lease, not itself
+            token = rest.removesuffix(".head")
+            lease = _read(directory / f"{name}.lease")
+            if lease is not None and lease[0].token == token and lease[1] >= cutoff:
+                continue
+        found.append(path)
+    return found
 
 
 def _read(path: Path) -> tuple[Holder, float] | None:

@@ -4,13 +4,14 @@ shared bodies, refresh that loses no race, verify, bundles, and the counters' ev
 from __future__ import annotations
 
 import hashlib
+import os
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from cacheaddon import bundle, inventory
+from cacheaddon import bundle, inventory, leases
 from cacheaddon.entry import Entry
 from cacheaddon.settings import defaults, from_options
 from cacheaddon.store import Store
@@ -123,6 +124,19 @@ def test_verify_finds_and_fixes_damage_and_keeps_the_healthy(store: Store) -> No
         "https://r.example/simple/a/",
         "https://r.example/simple/b/",
     ]
+
+
+def test_verify_sweeps_leases_no_download_holds_and_leaves_live_ones(store: Store) -> None:
+    flights = leases.Leases(store.directory / leases.DIRECTORY)
+    assert isinstance(flights.acquire("live"), leases.Lease)
+    assert isinstance(flights.acquire("dead"), leases.Lease)  # its holder never released nor renewed it
+    assert inventory.verify(store, time.time()).problems == []
+    later = time.time() + 2 * leases.LEFTOVER_AGE
+    os.utime(flights.directory / "live.lease", (later, later))  # renewed all along
+    report = inventory.verify(store, later)
+    assert [(p.kind, Path(p.what).name) for p in report.problems] == [("stale-lease", "dead.lease")]
+    assert inventory.verify(store, later, fix=True).fixed
+    assert sorted(p.name for p in flights.directory.iterdir()) == ["live.lease"]
 
 
 def test_bundle_round_trip_and_refusals(tmp_path: Path, store: Store) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cacheaddon.leases import (
+    LEFTOVER_AGE,
     STALE_AFTER,
     Holder,
     Lease,
@@ -21,6 +22,7 @@ from cacheaddon.leases import (
     Verdict,
     judge,
     lease_name,
+    leftovers,
     pid_alive,
 )
 
@@ -173,3 +175,22 @@ def test_old_files_are_swept_at_start(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     Leases(directory)
     assert not old.exists() and new.exists()
+
+
+def test_leftovers_are_what_no_download_in_progress_needs(tmp_path: Path) -> None:
+    leases = Leases(tmp_path / "flights")
+    live = leases.acquire("live")
+    assert isinstance(live, Lease)
+    leases.announce(live, {"path": "/tmp/live.part"})
+    gone = leases.acquire("gone")
+    assert isinstance(gone, Lease)
+    leases.announce(gone, {"path": "/tmp/gone.part"})
+    (leases.directory / "gone.aaaa.partial").write_text("{")  # a holder that died while announcing
+    assert leftovers(leases.directory, time.time()) == []  # all just written
+
+    later = time.time() + 2 * LEFTOVER_AGE
+    path = leases.directory / "live.lease"
+    os.utime(path, (later, later))  # renewed all along: its announcement, written once, stays needed
+    found = sorted(p.name for p in leftovers(leases.directory, later))
+    assert found == ["gone.aaaa.partial", f"gone.{gone.holder.token}.head", "gone.lease"]
+    assert leftovers(tmp_path / "no such directory", later) == []
