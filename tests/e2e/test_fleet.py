@@ -25,8 +25,11 @@ from .clients import (
     pip_install,
     report,
 )
+from .fakeorigin import FakeOrigin, Stall, pattern_bytes
+from .fakeorigin import wait_for as poll
 from .fakeregistry import FakeRegistry
 from .seaweed import Seaweed, s3_env
+from .test_single_flight import ORIGIN_IP, Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.s3]
 
@@ -184,6 +187,44 @@ def test_eight_clients_over_two_proxies_make_one_registry_request(
     assert len(bodies) == 8 and {hashlib.sha256(body).hexdigest() for body in bodies} == {digest}
     asked = [path for path in registry.paths() if path == blob.path]
     assert len(asked) == 1, f"{len(asked)} requests\nA:\n{a.log_tail()}\nB:\n{b.log_tail()}"
+
+
+def test_clients_of_one_proxy_share_its_streamed_download_with_the_tier_on(
+    fleet: Fleet, seaweed: Seaweed, shared_prefix: str
+) -> None:
+    origin = FakeOrigin(ORIGIN_IP).start()
+    try:
+        stall = Stall(pattern_bytes(5 * 1024 * 1024, 11), 2 * 1024 * 1024, origin)
+        origin.routes["/files/flight-5m.tar.gz"] = stall.reply
+        a = fleet(cache_hosts=[ORIGIN_IP])
+        url = f"{origin.url}/files/flight-5m.tar.gz"
+        clients = [Client(a, url) for _ in range(4)]
+        try:
+            for client in clients:
+                client.start()
+            # Every client has bytes while the origin still holds the rest back: the joiners of the one
+            # download get them as they arrive, not once it ends.
+            assert poll(lambda: all(c.received > 0 for c in clients), 30), a.log_tail()
+        finally:
+            stall.release()
+        for client in clients:
+            client.join(60)
+        digest = hashlib.sha256(stall.data).hexdigest()
+        for client in clients:
+            result = client.result
+            assert result.error is None, f"{result.error!r}\n{a.log_tail()}"
+            assert hashlib.sha256(bytes(result.body)).hexdigest() == digest
+        assert origin.paths().count("/files/flight-5m.tar.gz") == 1, a.log_tail()
+        assert sum("joined a download in progress" in c.result.detail for c in clients) == 3
+
+        settled(seaweed, shared_prefix, at_least=2)
+        b = fleet(cache_hosts=[ORIGIN_IP])
+        status, headers, body = fetch(b, url)
+        assert (status, headers["x-cache"]) == (200, "HIT") and "shared tier" in headers["x-cache-detail"]
+        assert hashlib.sha256(body).hexdigest() == digest
+        assert origin.paths().count("/files/flight-5m.tar.gz") == 1
+    finally:
+        origin.stop()
 
 
 def test_a_lease_holder_killed_mid_download_is_replaced(
