@@ -48,6 +48,7 @@ T = TypeVar("T")
 LEASE_TTL = 15.0  # seconds a lease lives without renewal; its holder renews it every third of that
 _MIN_RATE = 1024 * 1024  # bytes/s a body transfer may not fall below (on top of the per-call timeout)
 _CHUNK = 256 * 1024
+_GRACE = 1.0  # seconds the caller waits beyond a call's bound for the private loop to report its timeout
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _READS, _WRITES = "shared tier", "shared tier writes"  # health keys: a full store still serves reads
 
@@ -215,15 +216,25 @@ class SharedTier:
 
     # the edge: every call goes through _call
 
-    async def _call(self, work: Callable[[Any], Coroutine[Any, Any, T]], write: bool = False) -> T:
-        """Runs work(client) on the private loop with the timeout; raises SharedTierError, _Lost, _Missing.
-        Health is kept on the caller's thread."""
+    async def _call(
+        self, work: Callable[[Any], Coroutine[Any, Any, T]], write: bool = False, limit: float | None = None
+    ) -> T:
+        """Runs work(client) on the private loop, all of it within `limit` seconds (default: the timeout);
+        raises SharedTierError, _Lost, _Missing. Health is kept on the caller's thread."""
         keys = (_READS, _WRITES) if write else (_READS,)
         now = self.clock()
         if any(self._health.backing_off(key, now) for key in keys):
             raise SharedTierError("skipped after a recent failure")
+        bound = self.timeout if limit is None else limit
         try:
-            result = await self._loop.run(self._timed(work))
+            # botocore's timeouts are per socket operation: a store trickling its answer a byte at a time
+            # never trips them. The bound holds on the caller's loop too, even if the private one is stuck.
+            async with asyncio.timeout(bound + _GRACE):
+                result = await self._loop.run(self._timed(work, bound))
+        except TimeoutError:
+            error = SharedTierError("timed out")
+            self._failed(error)
+            raise error from None
         except SharedTierError as exc:
             self._failed(exc)
             raise
@@ -233,11 +244,10 @@ class SharedTier:
         self._recovered(keys)
         return result
 
-    async def _timed(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    async def _timed(self, work: Callable[[Any], Coroutine[Any, Any, T]], bound: float) -> T:
         try:
-            async with asyncio.timeout(self.timeout):
-                client = await self._connect()
-            return await work(client)
+            async with asyncio.timeout(bound):
+                return await work(await self._connect())
         except (SharedTierError, _Lost, _Missing):
             raise
         except Exception as exc:
@@ -319,7 +329,7 @@ class SharedTier:
             await client.delete_object(Bucket=bucket, Key=name)
             return enforced
 
-        self.conditional = await self._call(probe, write=True)
+        self.conditional = await self._call(probe, write=True, limit=2 * self.timeout)
         if self.conditional:
             logger.info(
                 "shared tier %s: reachable, conditional writes enforced (one download per file across the "
@@ -382,7 +392,7 @@ class SharedTier:
             answer = await client.get_object(Bucket=bucket, Key=name)
             digest, parts, file, path, got = hashlib.sha256(), [], None, None, 0
             try:
-                async with asyncio.timeout(limit), answer["Body"] as stream:
+                async with answer["Body"] as stream:
                     if int(answer.get("ContentLength", -1)) == size:
                         while got <= size and (chunk := await stream.read(_CHUNK)):
                             got += len(chunk)
@@ -413,7 +423,7 @@ class SharedTier:
             return None
 
         try:
-            return await self._call(get)
+            return await self._call(get, limit=limit)
         except _Missing:
             return None
 
@@ -423,13 +433,10 @@ class SharedTier:
         name, bucket = self._body_name(sha256), self.location.bucket
 
         async def put(client: Any) -> None:
-            async with asyncio.timeout(self.timeout + size / _MIN_RATE):
-                await client.put_object(
-                    Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*"
-                )
+            await client.put_object(Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*")
 
         try:
-            await self._call(put, write=True)
+            await self._call(put, write=True, limit=self.timeout + size / _MIN_RATE)
         except _Lost:
             return False
         return True
@@ -484,7 +491,7 @@ class SharedTier:
                 return lease
             return LeaseState("?", expired=False)
 
-        return await self._call(take, write=True)
+        return await self._call(take, write=True, limit=2 * self.timeout)
 
     async def renew(self, lease: Lease, url: str) -> bool:
         """Extends our lease; False when it is no longer ours (taken over after we failed to renew)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +11,8 @@ import botocore.exceptions
 import pytest
 
 from cacheaddon import sharedtier
-from cacheaddon.sharedtier import SharedTierError
+from cacheaddon.settings import SharedLocation
+from cacheaddon.sharedtier import SharedTier, SharedTierError
 
 
 def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
@@ -89,3 +92,64 @@ WRITTEN = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 )
 def test_lease_expiry_uses_the_stores_clock(date: str | None, now: float, expired: bool) -> None:
     assert sharedtier.lease_expired(WRITTEN, date, 15, now) is expired
+
+
+class TricklingStore:
+    """An S3 endpoint on loopback that answers every request with a 200 head and then a body one byte at a
+    time, each within the read timeout: only a bound on the whole call stops a client waiting on it."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\nETag: \"x\"\r\n\r\n")
+            for _ in range(200):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("s3_credentials")
+def test_a_store_that_trickles_its_answer_is_given_up_on_after_the_timeout() -> None:
+    """botocore's read timeout is per read; every call of the tier is bounded as a whole."""
+
+    async def scenario() -> str:
+        async with TricklingStore() as endpoint:
+            location = SharedLocation("fleet-cache", "ci/", endpoint, "us-east-1")
+            tier = SharedTier(location, timeout=1, backoff=30)
+            try:
+                # The test's own bound (the body would take 40 s) only keeps a failure from hanging the run.
+                with pytest.raises(SharedTierError) as caught:
+                    await asyncio.wait_for(tier.get_record("https://files.example/a.tgz\naccept=*/*"), 20)
+                return caught.value.reason
+            finally:
+                tier.close()
+
+    assert asyncio.run(scenario()) == "timed out"
