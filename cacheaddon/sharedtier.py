@@ -382,19 +382,21 @@ class SharedTier:
     async def get_body(
         self, sha256: str, size: int, new_file: Callable[[], tuple[BinaryIO, str]], inline_limit: int
     ) -> bytes | str | None:
-        """The body named sha256: bytes up to inline_limit, else the path of a complete temporary file from
-        new_file (the caller owns it). None when missing, or corrupt: a body whose size or sha256 differs is
-        deleted from the store (if it is still the object that was read), logged and never returned."""
+        """The body named sha256 with the size a record gives: bytes up to inline_limit, else the path of a
+        complete temporary file from new_file (the caller owns it). None when missing, corrupt, or not of that
+        size. Only an object whose content does not hash to its name is deleted from the store (if it is
+        still the object that was read): one whose size differs from a record's may be right where the record
+        is wrong, and is left to writers (put_body) to judge."""
         name, bucket = self._body_name(sha256), self.location.bucket
-        limit = self.timeout + size / _MIN_RATE
 
         async def get(client: Any) -> bytes | str | None:
             answer = await client.get_object(Bucket=bucket, Key=name)
+            length = int(answer.get("ContentLength", -1))
             digest, parts, file, path, got = hashlib.sha256(), [], None, None, 0
             try:
                 async with answer["Body"] as stream:
-                    if int(answer.get("ContentLength", -1)) == size:
-                        while got <= size and (chunk := await stream.read(_CHUNK)):
+                    if 0 <= length <= size:  # a longer object cannot be this body: never read whole
+                        while chunk := await stream.read(_CHUNK):
                             got += len(chunk)
                             digest.update(chunk)
                             if size <= inline_limit:
@@ -414,6 +416,10 @@ class SharedTier:
                     file.close()
                     if path is not None:
                         os.unlink(path)
+            if got != length or digest.hexdigest() == sha256:
+                what = "shared tier object %s has %d bytes where a record says %d: not served"
+                logger.warning(what, name, length, size)
+                return None
             logger.warning("shared tier object %s does not match its sha256: deleted, not served", name)
             try:
                 await client.delete_object(Bucket=bucket, Key=name, IfMatch=answer["ETag"])
@@ -423,23 +429,41 @@ class SharedTier:
             return None
 
         try:
-            return await self._call(get, limit=limit)
+            return await self._call(get, limit=self.timeout + size / _MIN_RATE)
         except _Missing:
             return None
 
     async def put_body(self, sha256: str, size: int, body: bytes | BinaryIO) -> bool:
         """Creates the body named sha256 unless it is there: True when written, False when another writer
-        came first. A file is read from its current position and left open."""
+        came first. An object of another size there is damaged (the caller checked that body hashes to
+        sha256): it is replaced. A file is read from its current position and left open."""
         name, bucket = self._body_name(sha256), self.location.bucket
+        start = 0 if isinstance(body, bytes) else body.tell()
 
-        async def put(client: Any) -> None:
-            await client.put_object(Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*")
-
-        try:
-            await self._call(put, write=True, limit=self.timeout + size / _MIN_RATE)
-        except _Lost:
+        async def put(client: Any) -> bool:
+            for _ in range(2):
+                if not isinstance(body, bytes):
+                    body.seek(start)
+                try:
+                    await client.put_object(
+                        Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*"
+                    )
+                    return True
+                except botocore.exceptions.ClientError as exc:
+                    if not isinstance(classify(exc), _Lost):
+                        raise
+                try:
+                    there = await client.head_object(Bucket=bucket, Key=name)
+                    if int(there.get("ContentLength", -1)) == size:
+                        return False
+                    logger.warning("shared tier object %s is not %d bytes long: replaced", name, size)
+                    await client.delete_object(Bucket=bucket, Key=name, IfMatch=there["ETag"])
+                except botocore.exceptions.ClientError as exc:
+                    if not isinstance(classify(exc), (_Lost, _Missing)):
+                        raise
             return False
-        return True
+
+        return await self._call(put, write=True, limit=2 * (self.timeout + size / _MIN_RATE))
 
     # leases
 
