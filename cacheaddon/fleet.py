@@ -113,7 +113,8 @@ class Fleet:
             return None
         try:
             records = await asyncio.gather(*(self.tier.get_record(name) for name in names))
-            chosen = sharing.newest(zip(names, records, strict=True), local)
+            found = zip(names, records, strict=True)
+            chosen = sharing.newest(found, local, now, self.settings.max_object_size)
             if chosen is None:
                 return None
             name, entry = chosen

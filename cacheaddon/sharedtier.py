@@ -48,6 +48,7 @@ T = TypeVar("T")
 LEASE_TTL = 15.0  # seconds a lease lives without renewal; its holder renews it every third of that
 _MIN_RATE = 1024 * 1024  # bytes/s a body transfer may not fall below (on top of the per-call timeout)
 _CHUNK = 256 * 1024
+_RECORD_LIMIT = 1024 * 1024  # bytes; a record holds a URL and response fields: larger is not one of ours
 _GRACE = 1.0  # seconds the caller waits beyond a call's bound for the private loop to report its timeout
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _READS, _WRITES = "shared tier", "shared tier writes"  # health keys: a full store still serves reads
@@ -350,18 +351,20 @@ class SharedTier:
         """The Entry stored under a cache key, or None (none, unreadable, or not for this key's URL)."""
         name, bucket = self._name("records", key), self.location.bucket
 
-        async def get(client: Any) -> bytes:
+        async def get(client: Any) -> bytes | None:
             answer = await client.get_object(Bucket=bucket, Key=name)
             async with answer["Body"] as stream:
-                return bytes(await stream.read())
+                if not 0 <= int(answer.get("ContentLength", -1)) <= _RECORD_LIMIT:
+                    return None
+                return bytes(await stream.read(_RECORD_LIMIT + 1))
 
         try:
             raw = await self._call(get)
         except _Missing:
             return None
         try:
-            entry = Entry.from_record(json.loads(raw))
-        except ValueError:
+            entry = None if raw is None else Entry.from_record(json.loads(raw))
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
             entry = None
         if entry is None or entry.url != key.split("\n", 1)[0]:
             logger.warning("shared tier record %s is unreadable or not for its key: ignored", name)

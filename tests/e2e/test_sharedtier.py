@@ -198,8 +198,14 @@ def test_an_unreadable_or_misplaced_record_reads_as_none(
     tier = tiers()
     run(tier.put_record(KEY, entry_for(b"body")))
     (name,) = seaweed.keys(f"{shared_prefix}records/")
-    seaweed.put(name, b"{not json")
-    assert run(tier.get_record(KEY)) is None
+    for foreign in (
+        b"{not json",
+        b"[" * 100_000,  # nested deeper than Python's json parser can follow
+        json.dumps({**entry_for(b"body").to_record(), "stored_at": float("inf")}).encode(),
+        json.dumps(entry_for(b"body").to_record()).encode() + b" " * 2**20,  # too large to be a record
+    ):
+        seaweed.put(name, foreign)
+        assert run(tier.get_record(KEY)) is None
     other = entry_for(b"body", url="https://files.example/other.tar.gz")
     seaweed.put(name, json.dumps(other.to_record()).encode())
     assert run(tier.get_record(KEY)) is None  # a record for another URL never answers this key
