@@ -356,7 +356,13 @@ class SharedTier:
             async with answer["Body"] as stream:
                 if not 0 <= int(answer.get("ContentLength", -1)) <= _RECORD_LIMIT:
                     return None
-                return bytes(await stream.read(_RECORD_LIMIT + 1))
+                # read(n) returns what has arrived so far, not n bytes: read until the end.
+                raw = bytearray()
+                while len(raw) <= _RECORD_LIMIT:
+                    if not (chunk := await stream.read(_RECORD_LIMIT + 1 - len(raw))):
+                        break
+                    raw += chunk
+                return bytes(raw)
 
         try:
             raw = await self._call(get)

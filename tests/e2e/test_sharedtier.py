@@ -305,20 +305,6 @@ def test_a_stopped_store_is_logged_once_skipped_and_used_again_after_the_backoff
     assert any(m.endswith("back again") for m in messages), messages
 
 
-def test_a_hanging_store_times_out(
-    seaweed_factory: Callable[[], Seaweed], tiers: Callable[..., SharedTier]
-) -> None:
-    server = seaweed_factory()
-    tier = tiers(server, timeout=1)
-    run(tier.put_record(KEY, entry_for(b"body")))
-    server.pause()
-    try:
-        with pytest.raises(SharedTierError, match="timed out"):
-            run(tier.get_record(KEY))
-    finally:
-        server.resume()
-
-
 def test_a_missing_bucket_is_named(tiers: Callable[..., SharedTier]) -> None:
     tier = tiers(bucket="no-such-bucket-here")
     with pytest.raises(SharedTierError, match="the bucket does not exist"):
