@@ -16,6 +16,13 @@ from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.versions import NPM, PYPI
 
 
+@pytest.fixture(autouse=True)
+def checks_never_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check that took over _SLOW_CHECK seconds (a loaded machine) would space the next ones out, and a
+    # test expecting its change to be seen at once would fail by timing alone.
+    monkeypatch.setattr(advisoryfeed, "_SLOW_CHECK", float("inf"))
+
+
 def osv(ident: str, ecosystem: str, name: str, *listed: str) -> dict[str, Any]:
     return {
         "id": ident,
