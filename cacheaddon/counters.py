@@ -245,35 +245,6 @@ _UPSERT = (
 
 # --- labels -------------------------------------------------------------------------------------------------
 
-# (kind, what the upstream failure's reason starts with). UpstreamFailure has no kind of its own yet; its
-# reasons are a closed set written in upstream.py and service.py.
-_FAILURE_KINDS = (
-    ("dns", "name resolution"),
-    ("tls", "TLS"),
-    ("refused", "connection refused"),
-    ("reset", "connection reset"),
-    ("truncated", "connection closed before"),
-    ("truncated", "body cut short"),
-    ("protocol", "protocol error"),
-    ("connect", "connection failed"),
-)
-
-
-def failure_kind(reason: str, timeout: bool = False) -> str:
-    """A short, bounded label for an upstream failure: timeout, dns, tls, refused, reset, truncated,
-    protocol, connect, http_5xx, http_429, other."""
-    if timeout:
-        return "timeout"
-    reason = reason.removeprefix("upstream ")
-    if reason.startswith("answered "):
-        code = reason.removeprefix("answered ").strip()
-        return "http_429" if code == "429" else "http_5xx"
-    for kind, prefix in _FAILURE_KINDS:
-        if reason.startswith(prefix):
-            return kind
-    return "other"
-
-
 def stale_reason(detail: str) -> str:
     """The reason a STALE answer gives (its X-Cache-Detail), with variable parts dropped: 'upstream timed
     out', 'upstream answered 503', 'upstream failing recently', 'offline mode'."""

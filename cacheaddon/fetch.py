@@ -17,7 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import conditional, keys, policy, responses
-from cacheaddon.counters import Counters, failure_kind
+from cacheaddon.counters import Counters
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -112,7 +112,7 @@ class Fetcher:
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
-            self._count_failure(origin, Failure(f"answered {fetched.status_code}"))
+            self._count_failure(origin, policy.answered(fetched.status_code))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -160,7 +160,7 @@ class Fetcher:
             pass
         finally:
             await fetched.aclose()
-        failure = Failure(f"answered {fetched.status_code}", status=fetched.status_code)
+        failure = policy.answered(fetched.status_code)
         detail = f"upstream {failure.reason}"
         fields = [*responses.live_headers(_fields(fetched)), *responses.cache_fields(Outcome.MISS, detail)]
         passed = responses.make(fetched.status_code, fetched.reason_phrase, fields, body[:_ERROR_BODY_LIMIT])
@@ -323,7 +323,7 @@ class Fetcher:
             yield chunk
 
     def _count_failure(self, origin: str, failure: Failure) -> None:
-        self.counters.upstream_failed(origin, failure_kind(failure.reason, failure.timeout))
+        self.counters.upstream_failed(origin, failure.kind)
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

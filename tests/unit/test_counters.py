@@ -10,28 +10,6 @@ from cacheaddon import counters as c
 
 
 @pytest.mark.parametrize(
-    ("reason", "timeout", "kind"),
-    [
-        ("timed out", True, "timeout"),
-        ("name resolution failed", False, "dns"),
-        ("TLS failure (CERTIFICATE_VERIFY_FAILED)", False, "tls"),
-        ("connection refused", False, "refused"),
-        ("connection reset", False, "reset"),
-        ("connection closed before the body was complete", False, "truncated"),
-        ("body cut short (10 of 20 bytes)", False, "truncated"),
-        ("answered 503", False, "http_5xx"),
-        ("answered 429", False, "http_429"),
-        ("upstream answered 502", False, "http_5xx"),
-        ("protocol error (bad)", False, "protocol"),
-        ("connection failed (x)", False, "connect"),
-        ("RuntimeError: what", False, "other"),
-    ],
-)
-def test_failure_kinds(reason: str, timeout: bool, kind: str) -> None:
-    assert c.failure_kind(reason, timeout) == kind
-
-
-@pytest.mark.parametrize(
     ("detail", "reason"),
     [
         ("stale: upstream connection refused", "upstream connection refused"),
