@@ -244,12 +244,11 @@ class Fetcher:
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
         stored_key = key.for_response(new.header("content-encoding"))
         if body.data is not None:
-            if why_not is None:
-                await self.ingest.commit(stored_key, new, body.data)
-                if conditional.client_has_current(new, request):
-                    return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
+            stored = why_not is None and await self.ingest.commit(stored_key, new, body.data)
+            if why_not is None and conditional.client_has_current(new, request):
+                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0), stored=stored)
             data = b"" if request.method == "HEAD" else body.data
-            fields = [*live, *responses.cache_fields(outcome, detail)]
+            fields = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
             response = responses.make(new.status, new.reason, fields, data)
             if request.method == "HEAD":  # the length of the body a GET would get, as the upstream said
                 length = fetched.headers.get("content-length")
@@ -257,15 +256,16 @@ class Fetcher:
                     response.headers["content-length"] = length
                 else:
                     del response.headers["content-length"]
-            return Reply(outcome, detail, response)
+            return Reply(outcome, detail, response, stored=stored)
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
-        if why_not is None:
-            await self.ingest.commit(stored_key, new, body.path)
-        else:
+        stored = why_not is None and await self.ingest.commit(stored_key, new, body.path)
+        if why_not is not None:
             await self._disk(self.store.discard, body.path)
-        served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
-        return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
+        served = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
+        served.append(("Content-Length", str(body.size)))
+        job = Job(new.status, new.reason, served, file=handle, length=body.size)
+        return Reply(outcome, detail, job=job, stored=stored)
 
     def _streamed(
         self, fetched: httpx.Response, answer: Answer, request: RequestView, origin: str, key: Keys
@@ -274,7 +274,9 @@ class Fetcher:
         size_limit = 0 if answer.why_not else self.settings.max_object_size
         spool = Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, size_limit)
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
-        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason)]
+        # Said before the body arrives: stored once it has arrived whole.
+        stored = answer.why_not is None
+        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason, stored=stored)]
         length = expected_length(fetched)
         if length is not None:
             served.append(("Content-Length", str(length)))
@@ -312,7 +314,7 @@ class Fetcher:
                 await fetched.aclose()
 
         job = Job(fetched.status_code, fetched.reason_phrase, served, stream=tee(), on_close=fetched.aclose)
-        return Reply(Outcome.MISS, answer.reason, job=job)
+        return Reply(Outcome.MISS, answer.reason, job=job, stored=stored)
 
 
     async def _chunks(self, fetched: httpx.Response, origin: str) -> AsyncIterator[bytes]:

@@ -20,7 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from cacheaddon import advisoryfeed, conditional, documents, npmdocs, policy, pypidocs, responses, versions
+from cacheaddon import (
+    advisoryfeed,
+    cachestatus,
+    conditional,
+    documents,
+    npmdocs,
+    policy,
+    pypidocs,
+    responses,
+    versions,
+)
 from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.entry import Entry
 from cacheaddon.keys import RequestView, redact
@@ -195,15 +205,20 @@ class Guard:
         if data is not None:
             screened = await self._screen(content_type, data, url, project, rules, sibling, when)
         if screened is None or screened.body is None:
-            return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, raw))
+            unchanged = responses.make(status, "OK", fields, raw)
+            return Reply(reply.outcome, reply.detail, unchanged, stored=reply.stored)
         self.counts["documents filtered"] += 1
         for ruling in screened.removed:
             self._record("hid from metadata:", ruling)
         detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
         digest = hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()
-        kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION]
-        kept += [("ETag", f'"guard-{digest[:32]}"'), *responses.cache_fields(reply.outcome, detail)]
-        return Reply(reply.outcome, detail, responses.make(200, "OK", kept, screened.body))
+        kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION and not _ours(k, v)]
+        kept += [
+            ("ETag", f'"guard-{digest[:32]}"'),
+            *responses.cache_fields(reply.outcome, detail, stored=reply.stored),
+        ]
+        filtered = responses.make(200, "OK", kept, screened.body)
+        return Reply(reply.outcome, detail, filtered, stored=reply.stored)
 
     async def _screen(
         self,
@@ -269,6 +284,12 @@ class Guard:
             self._logged.clear()
         self._logged.add(key)
         logger.log(logging.WARNING if ruling.refused else logging.INFO, "guard: %s %s", action, ruling.detail)
+
+
+def _ours(name: str, value: str) -> bool:
+    """The Cache-Status member the cache wrote (an upstream cache's stays): replaced with one for the new
+    detail."""
+    return name.lower() == "cache-status" and value.startswith(f"{cachestatus.NAME};")
 
 
 def _screenable(content_type: str, project: str | None) -> bool:

@@ -36,9 +36,11 @@ class Ingest:
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+    async def commit(self, key: str, entry: Entry, body: bytes | str) -> bool:
         """Stores a complete body unless it contradicts the digest its index published; then remembers the
-        digests an index document publishes for its files. Hashing and parsing run off the database thread."""
+        digests an index document publishes for its files. Hashing and parsing run off the database thread.
+        Whether the entry was stored."""
+        stored = False
         try:
             expected = await self._db(self.store.expected_digest, entry.url)
             if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
@@ -50,9 +52,10 @@ class Ingest:
                 )
                 if isinstance(body, str):
                     await self._disk(self.store.discard, body)
-                return
+                return False
             doc = await self._disk(_document, entry, body)
             await self._db(self.store.commit, key, entry, body)
+            stored = True
             if isinstance(body, str):
                 await self._db(self.store.remember_verified, entry)
             if doc is not None:
@@ -64,6 +67,7 @@ class Ingest:
         except (StoreError, OSError) as exc:
             level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
             logger.warning("could not store %s (%s): %s", redact(entry.url), level, exc)
+        return stored
 
 
 def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:

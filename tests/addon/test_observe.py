@@ -3,10 +3,12 @@ metrics route answered (also under cache_strict_hosts) and only on the proxy's o
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
+from mitmproxy import http
 from mitmproxy.exceptions import OptionsError
 from test_addon import PYPI_INDEX, Harness, flow_for, harness  # noqa: F401 - harness is a fixture
 
@@ -77,3 +79,38 @@ def test_metrics_are_refused_to_clients_outside_the_allow_list(harness: Harness)
     f.client_conn.sockname = ("127.0.0.1", 8080)
     harness.live(lambda: harness.addon.request(f))
     assert f.response is not None and f.response.status_code == 403
+
+
+def test_cache_status_says_stored_only_when_the_answer_was_stored(harness: Harness) -> None:  # noqa: F811
+    """A miss whose body contradicts the digest its index published is served but not stored: its
+    Cache-Status must not claim `stored` (the detail is "miss" either way)."""
+    body = b"hello"
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> list[http.HTTPFlow]:
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        harness.configure(cache_hosts=[f"127.0.0.1:{port}"])
+        assert harness.addon.store is not None
+        bad, good = (f"http://127.0.0.1:{port}/files/{name}-1.0.tar.gz" for name in ("bad", "good"))
+        harness.addon.store.record_digests({bad: "sha256=" + "0" * 64})
+        flows = [flow_for(bad), flow_for(good)]
+        try:
+            for f in flows:
+                await harness.addon.request(f)
+        finally:
+            server.close()
+        return flows
+
+    harness.configure()
+    bad, good = harness.live(scenario)
+    assert bad.response is not None and good.response is not None
+    assert bad.response.headers["X-Cache-Detail"] == good.response.headers["X-Cache-Detail"] == "miss"
+    assert "stored" not in bad.response.headers["Cache-Status"].split("; ")
+    assert "stored" in good.response.headers["Cache-Status"].split("; ")

@@ -48,6 +48,7 @@ class Cache:
             return Reply(Outcome.MISS, "miss", responses.error(404, url, "not found"))
         content_type, body, fields = found
         headers = [("Content-Type", content_type), ("ETag", '"upstream"'), *fields]
+        headers.append(("Cache-Status", "upstream-cdn; hit"))  # a cache before ours
         headers += responses.cache_fields(Outcome.HIT, "fresh", 7)
         return Reply(Outcome.HIT, "fresh", responses.make(200, "OK", headers, body))
 
@@ -134,6 +135,8 @@ def test_a_filtered_document_has_validators_of_its_own_and_says_what_was_filtere
     assert headers["x-cache"] == "HIT" and headers["age"] == "7"
     assert headers["x-cache-detail"] == "fresh; filtered: 1 version younger than 3d, latest 2.0.0 -> 1.1.0"
     assert headers["content-length"] == str(len(reply.response.raw_content or b""))
+    statuses = [v for k, v in headers.items(multi=True) if k.lower() == "cache-status"]
+    assert statuses == ['upstream-cdn; hit', f'cacheaddon; hit; detail="{headers["x-cache-detail"]}"']
     other = ask(guard(cache_min_release_age="4d"), cache, f"{REG}/kilo", "application/json")
     assert other.response is not None and body(other) == doc
     assert other.response.headers["etag"] != headers["etag"]  # same bytes, other settings: other validator
