@@ -50,6 +50,11 @@ EVICTED_BYTES = "evicted_bytes"
 INTERRUPTED = "interrupted"  # outcome: answers whose client or upstream went away midway
 DURATION = "duration"  # outcome, le: observations in that bucket (not cumulative)
 DURATION_SUM = "duration_sum"  # outcome
+# The supply-chain guard (guard.py); ecosystem: pypi or npm, reason: young, advisory, missing, quarantined.
+GUARD_REFUSALS = "guard_refusals"  # reason, ecosystem: package downloads answered 403
+GUARD_HIDDEN = "guard_hidden_versions"  # reason, ecosystem: versions taken out of the metadata served
+GUARD_FILTERED = "guard_filtered_documents"  # ecosystem: metadata documents served filtered
+GUARD_UNDATED = "guard_undated_versions"  # ecosystem: versions let through without a known publish time
 
 
 def series(name: str, **labels: str) -> Series:
@@ -122,6 +127,11 @@ class Counters:
 
     def interrupted(self, outcome: str) -> None:
         self.add(INTERRUPTED, outcome=outcome)
+
+    def guarded(self, name: str, ecosystem: str, reason: str | None = None) -> None:
+        """One of the guard's GUARD_* events; ecosystem as the guard spells it (PyPI, npm)."""
+        labels = {"ecosystem": ecosystem.lower(), **({"reason": reason} if reason is not None else {})}
+        self.add(name, 1, **labels)
 
     # persistence
 

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -31,7 +31,9 @@ from cacheaddon import (
     responses,
     versions,
 )
+from cacheaddon import counters as c
 from cacheaddon.advisoryfeed import AdvisoryFeed
+from cacheaddon.counters import Counters
 from cacheaddon.entry import Entry
 from cacheaddon.keys import RequestView, redact
 from cacheaddon.policy import Outcome
@@ -44,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds a PyPI project's status learned from its index page decides its file downloads.
 STATUS_TTL = 60.0
+# What the guard did with a version, as its log lines say it.
+_REFUSED, _HIDDEN, _LET_THROUGH = "refused a download:", "hid from metadata:", "let through:"
 _KNOWN_LIMIT = 1024  # packages remembered
 _LOGGED_LIMIT = 100_000  # (package, version, reason) lines logged once each, then the memory starts over
 # Not passed on for a document: it is answered whole, and the client's validators are checked against what
@@ -78,7 +82,7 @@ def build(settings: Settings, previous: Guard | None = None) -> Guard | None:
         feed = old if keep else AdvisoryFeed(*wanted)
     guard = Guard(settings, feed)
     if previous is not None:
-        guard.known, guard.index_bases, guard.counts = previous.known, previous.index_bases, previous.counts
+        guard.known, guard.index_bases = previous.known, previous.index_bases
     return guard
 
 
@@ -90,6 +94,9 @@ class Known:
 
 
 class Guard:
+    # Where refusals and filtered documents are counted; the addon puts its own here (observe.py).
+    counters = Counters(None)
+
     def __init__(
         self, settings: Settings, feed: AdvisoryFeed | None = None, clock: Callable[[], float] = time.time
     ) -> None:
@@ -97,7 +104,6 @@ class Guard:
         self.known: OrderedDict[str, Known] = OrderedDict()
         # A PyPI files host -> the simple index its files are listed in (learned from the pages served).
         self.index_bases = {"https://files.pythonhosted.org": "https://pypi.org/simple/"}
-        self.counts: Counter[str] = Counter()
         self._logged: set[tuple[str, str, str, str, Reason]] = set()
 
     async def rules(self) -> Rules:
@@ -112,7 +118,7 @@ class Guard:
         sibling = sibling_via(ask, request, url, self.clock)
         refusal = await self.refusal(url, rules, sibling)
         if refusal is not None:
-            self._record("refused a download:", refusal)
+            self._record(_REFUSED, refusal)
             detail = f"refused: {refusal.detail}"
             return Reply(Outcome.MISS, detail, responses.error(403, redact(url), detail))
         if policy.is_immutable(url, self.settings):
@@ -152,7 +158,7 @@ class Guard:
 
     def _refused(self, ruling: Ruling | None) -> Ruling | None:
         if ruling is not None and not ruling.refused:
-            self._record("let through:", ruling)
+            self._record(_LET_THROUGH, ruling)
             return None
         return ruling
 
@@ -207,9 +213,9 @@ class Guard:
         if screened is None or screened.body is None:
             unchanged = responses.make(status, "OK", fields, raw)
             return Reply(reply.outcome, reply.detail, unchanged, stored=reply.stored)
-        self.counts["documents filtered"] += 1
+        self.counters.guarded(c.GUARD_FILTERED, _ecosystem(content_type))
         for ruling in screened.removed:
-            self._record("hid from metadata:", ruling)
+            self._record(_HIDDEN, ruling)
         detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
         digest = hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()
         kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION and not _ours(k, v)]
@@ -246,7 +252,7 @@ class Guard:
         else:
             return None
         for ruling in screened.noted:
-            self._record("let through:", ruling)
+            self._record(_LET_THROUGH, ruling)
         return screened
 
     async def _dated(
@@ -276,7 +282,11 @@ class Guard:
 
     def _record(self, action: str, ruling: Ruling) -> None:
         """Counts every one; logs each package, version and reason once."""
-        self.counts[f"{action.rstrip(':')} ({ruling.reason.value})"] += 1
+        if action == _LET_THROUGH:
+            self.counters.guarded(c.GUARD_UNDATED, ruling.ecosystem)
+        else:
+            name = c.GUARD_REFUSALS if action == _REFUSED else c.GUARD_HIDDEN
+            self.counters.guarded(name, ruling.ecosystem, ruling.reason.value)
         key = (action, ruling.ecosystem, ruling.name, ruling.version, ruling.reason)
         if key in self._logged:
             return
@@ -284,6 +294,11 @@ class Guard:
             self._logged.clear()
         self._logged.add(key)
         logger.log(logging.WARNING if ruling.refused else logging.INFO, "guard: %s %s", action, ruling.detail)
+
+
+def _ecosystem(content_type: str) -> str:
+    pypi = content_type == pypidocs.JSON_TYPE or content_type in pypidocs.HTML_TYPES
+    return versions.PYPI if pypi else versions.NPM
 
 
 def _ours(name: str, value: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cacheaddon import counters as c
 from cacheaddon import responses
 from cacheaddon import settings as options
 from cacheaddon.advisoryfeed import AdvisoryFeed
@@ -281,6 +282,7 @@ def test_each_version_is_logged_once_and_everything_counted(
     cache: Cache, caplog: pytest.LogCaptureFixture
 ) -> None:
     g = guard()
+    g.counters = c.Counters(None)
     with caplog.at_level(logging.INFO, logger="cacheaddon.guard"):
         for _ in range(3):
             ask(g, cache, f"{REG}/kilo", "application/json")
@@ -288,6 +290,7 @@ def test_each_version_is_logged_once_and_everything_counted(
     lines = [r.getMessage() for r in caplog.records]
     assert len([line for line in lines if "hid from metadata" in line and "kilo 2.0.0" in line]) == 1
     assert len([line for line in lines if "refused a download" in line and "kilo 2.0.0" in line]) == 1
-    assert g.counts["documents filtered"] == 3
-    assert g.counts["refused a download (young)"] == 3
-    assert g.counts["hid from metadata (young)"] == 3
+    totals = g.counters.totals()
+    assert totals[c.series(c.GUARD_FILTERED, ecosystem="npm")] == 3
+    assert totals[c.series(c.GUARD_REFUSALS, ecosystem="npm", reason="young")] == 3
+    assert totals[c.series(c.GUARD_HIDDEN, ecosystem="npm", reason="young")] == 3
