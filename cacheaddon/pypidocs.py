@@ -44,7 +44,7 @@ def project_of(path: str) -> str | None:
 def parse_json(data: bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("files"), list) else None
 
@@ -101,7 +101,8 @@ def screen_json(data: bytes, project: str, rules: Rules) -> Screened:
     doc = parse_json(data)
     if doc is None:
         return Screened(None)
-    name = versions.normalize_name(versions.PYPI, str(doc.get("name") or project))
+    named = doc.get("name")
+    name = versions.normalize_name(versions.PYPI, named if isinstance(named, str) and named else project)
     status = json_status(doc)
     kept: list[Any] = []
     removed: list[Ruling] = []

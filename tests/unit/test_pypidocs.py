@@ -267,3 +267,15 @@ def test_html_pages_keep_their_links_intact_and_never_offer_a_young_file(
         if m:
             published = releases[m[1].decode()]
             assert published is None or not r.min_age or published <= r.cutoff
+
+
+def test_a_page_nested_deeper_than_the_parser_goes_is_left_alone() -> None:
+    deep = b'{"name": "alpha", "files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert pypidocs.screen_json(deep, "alpha", rules()).body is None
+
+
+def test_a_page_whose_name_is_not_text_is_judged_under_its_url_s_name() -> None:
+    doc = json.loads(json_page({"1.0.0": NOW - 100 * DAY, "2.0.0": NOW - 60}))
+    doc["name"] = ["not", "a", "name"]
+    screened = pypidocs.screen_json(json.dumps(doc).encode(), "alpha", rules())
+    assert {r.name for r in screened.removed} == {"alpha"}
