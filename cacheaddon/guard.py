@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from cacheaddon import (
     advisoryfeed,
@@ -149,7 +149,8 @@ class Guard:
         base = self.index_bases.get(origin_of(url))
         if base is None:  # no index known to list this file: no dates or status to judge it by
             return rules.advised(versions.PYPI, project, version)
-        filename = path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
+        # As the index documents name it (a client may have escaped characters of it: one cache key still).
+        filename = unquote(path.rsplit("/", 1)[-1]).removesuffix(versions.METADATA_SUFFIX)
         known = await self._known(f"{base}{project}/", filename, sibling, pypidocs.JSON_TYPE, STATUS_TTL)
         if known is not None and known.status == pypidocs.QUARANTINED:
             return quarantined(versions.PYPI, project, version)

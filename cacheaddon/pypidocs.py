@@ -148,13 +148,12 @@ def _remaining_versions(listed: list[Any], removed: list[Ruling], kept: list[Any
 
 
 def _anchor_filename(attrs: bytes, text: bytes) -> str:
-    """PEP 503: the link text is the file name; the URL's last segment where the text is empty."""
-    name = html.unescape(re.sub(rb"<[^>]*>", b"", text).decode("utf-8", "replace")).strip()
-    if name:
-        return name
+    """The file a link leads to: its URL's last segment, which is what pip and uv download and name the file
+    by (PEP 503 wants the link text to be the same; where the URL has none, the text)."""
     m = _HREF.search(attrs)
     href = html.unescape((m[1] or m[2] or m[3]).decode("utf-8", "replace")) if m else ""
-    return unquote(urlsplit(href).path.rsplit("/", 1)[-1])
+    name = unquote(urlsplit(href).path.rsplit("/", 1)[-1])
+    return name or html.unescape(re.sub(rb"<[^>]*>", b"", text).decode("utf-8", "replace")).strip()
 
 
 def screen_html(data: bytes, project: str, rules: Rules, known: Dates | None) -> Screened:

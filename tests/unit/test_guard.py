@@ -294,3 +294,17 @@ def test_each_version_is_logged_once_and_everything_counted(
     assert totals[c.series(c.GUARD_FILTERED, ecosystem="npm")] == 3
     assert totals[c.series(c.GUARD_REFUSALS, ecosystem="npm", reason="young")] == 3
     assert totals[c.series(c.GUARD_HIDDEN, ecosystem="npm", reason="young")] == 3
+
+
+def test_a_file_asked_for_with_escaped_characters_is_judged_by_its_name(cache: Cache) -> None:
+    """One cache key for both spellings, so one judgement: the young file is known by its index's date,
+    even when the page was fetched long enough ago that an unlisted file would pass as undated."""
+    cache.put(f"{PYPI}/simple/alpha/", PYPI_JSON, PYPI_JSON, pypi_page(), ("Age", str(int(5 * DAY))))
+    g = guard()
+    assert ask(g, cache, f"{PYPI}/simple/alpha/", PYPI_JSON).response is not None
+    wheel = "alpha-2.0.0-py3-none-any"
+    for name in (f"{wheel}.whl", f"{wheel}%2Ewhl", f"{wheel.replace('-', '%2D', 1)}.whl"):
+        for suffix in ("", ".metadata", "%2Emetadata"):
+            refused = ask(g, cache, f"{FILES}/p/{name}{suffix}")
+            assert refused.response is not None and refused.response.status_code == 403, (name, suffix)
+            assert b"was published" in (refused.response.content or b"")

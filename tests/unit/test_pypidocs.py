@@ -279,3 +279,12 @@ def test_a_page_whose_name_is_not_text_is_judged_under_its_url_s_name() -> None:
     doc["name"] = ["not", "a", "name"]
     screened = pypidocs.screen_json(json.dumps(doc).encode(), "alpha", rules())
     assert {r.name for r in screened.removed} == {"alpha"}
+
+
+def test_a_link_is_judged_by_the_file_its_url_leads_to() -> None:
+    """pip and uv take a link's file name from its URL, not from its text."""
+    young, old = "alpha-2.0.0-py3-none-any.whl", "alpha-1.0.0-py3-none-any.whl"
+    page = f'<a href="https://files.example/p/{young}#sha256=00">{old}</a>\n'.encode()
+    known = Dates({young: NOW - 60, old: NOW - 100 * DAY}, NOW)
+    screened = pypidocs.screen_html(page, "alpha", rules(), known)
+    assert screened.body == b"" and [r.version for r in screened.removed] == ["2.0.0"]
