@@ -57,6 +57,14 @@ GUARD_FILTERED = "guard_filtered_documents"  # ecosystem: metadata documents ser
 GUARD_UNDATED = "guard_undated_versions"  # ecosystem: versions let through without a known publish time
 
 
+# Label values that come from requests or upstreams (a cached host on any port, any name a *.domain pattern
+# admits, a failure's reason): each process keeps this many distinct values of each such label, and counts
+# the rest under OTHER, so that no client can grow stats.db and the metrics without bound.
+LABEL_LIMIT = 200
+BOUNDED_LABELS = ("host", "origin", "reason")
+OTHER = "other"
+
+
 def series(name: str, **labels: str) -> Series:
     return name, tuple(sorted(labels.items()))
 
@@ -81,10 +89,22 @@ class Counters:
         self._thread: threading.Thread | None = None
         self._compacted = 0.0
         self._warned = False
+        self._seen: dict[str, set[str]] = {label: set() for label in BOUNDED_LABELS}  # under _lock
+
+    def _series(self, name: str, labels: dict[str, str]) -> Series:
+        """The series for these labels, request-made values bounded (LABEL_LIMIT); called under _lock."""
+        for label, seen in self._seen.items():
+            value = labels.get(label)
+            if value is not None and value not in seen:
+                if len(seen) < LABEL_LIMIT:
+                    seen.add(value)
+                else:
+                    labels[label] = OTHER
+        return series(name, **labels)
 
     def add(self, name: str, value: float = 1, **labels: str) -> None:
-        key = series(name, **labels)
         with self._lock:
+            key = self._series(name, labels)
             self._pending[key] = self._pending.get(key, 0) + value
 
     # what the fetch path, the store and the hooks report
@@ -115,8 +135,8 @@ class Counters:
     ) -> None:
         with self._lock:
             for key, value in (
-                (series(ANSWERS, outcome=outcome, ecosystem=ecosystem, host=host), 1.0),
-                (series(CACHE_BYTES, host=host), float(cache_bytes)),
+                (self._series(ANSWERS, {"outcome": outcome, "ecosystem": ecosystem, "host": host}), 1.0),
+                (self._series(CACHE_BYTES, {"host": host}), float(cache_bytes)),
                 (series(DURATION, outcome=outcome, le=duration_bucket(seconds)), 1.0),
                 (series(DURATION_SUM, outcome=outcome), seconds),
             ):

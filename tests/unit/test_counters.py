@@ -96,3 +96,21 @@ def test_a_failed_flush_keeps_the_counts(tmp_path: Path) -> None:
     (tmp_path / "gone").mkdir()
     counters.flush()
     assert c.StatsDB(tmp_path / "gone").totals() == counters.totals()
+
+
+def test_label_values_from_requests_are_bounded() -> None:
+    """A client asking for a cached host on every port (or every name under a *.domain pattern) must not grow
+    the series without end: past LABEL_LIMIT distinct values, the rest are counted as 'other'."""
+    counters = c.Counters(None)
+    extra = 50
+    for port in range(1000, 1000 + c.LABEL_LIMIT + extra):
+        counters.answered("MISS", "pypi", f"pypi.org:{port}", 10, 0.01)
+        counters.upstream_failed(f"https://pypi.org:{port}", "refused")
+        counters.add(c.STALE, reason=f"upstream RuntimeError at {port}")
+    totals = counters.totals()
+    for name, label in ((c.ANSWERS, "host"), (c.UPSTREAM_FAILURES, "origin"), (c.STALE, "reason")):
+        values = [dict(labels)[label] for (n, labels), _ in totals.items() if n == name]
+        assert len(values) == c.LABEL_LIMIT + 1, name
+        assert totals[next(k for k in totals if k[0] == name and dict(k[1])[label] == c.OTHER)] == extra
+        assert sum(v for (n, _), v in totals.items() if n == name) == c.LABEL_LIMIT + extra
+    assert totals[c.series(c.ANSWERS, outcome="MISS", ecosystem="pypi", host="pypi.org:1000")] == 1
