@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -100,7 +101,8 @@ class Output:
             for name, is_right in zip(names, right, strict=True):
                 table.add_column(name, justify="right" if is_right else "left", overflow="fold")
             for row in rows:
-                table.add_row(*row)
+                # Text, not markup: a URL may hold "[/x]" (a MarkupError) or "[bold]" (rendered, not shown).
+                table.add_row(*(Text(cell) for cell in row))
             self.console.print(table)
             return
         if title:

@@ -85,3 +85,15 @@ def test_an_empty_table_has_its_header() -> None:
     stream = io.StringIO()
     Output(stream=stream).table(["URL", ">size"], [])
     assert stream.getvalue() == "URL  size\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("url", ["https://x.example/a[/b]", "https://x.example/[bold]c[/bold]", "https://x/:smile:"])
+def test_a_table_on_a_terminal_shows_cells_as_they_are(url: str) -> None:
+    stream = _Terminal()
+    Output(stream=stream).table(["URL", ">n"], [[url, "1"]])
+    assert url in stream.getvalue()
