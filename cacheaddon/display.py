@@ -39,17 +39,20 @@ def parse_time(option: str, text: str, now: float) -> float:
     """A point in time: ISO 8601 ('2026-11-27', '2026-11-27T10:00', local time unless it names a zone),
     a Unix timestamp ('1764237600'), or a duration ago ('2h', '7d')."""
     text = text.strip()
-    if text.isdigit():
-        return float(text)
-    if _DURATION.fullmatch(text.lower()):
-        return now - parse_duration(option, text)
     try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
+        if text.isdigit():
+            moment = float(text)
+        elif _DURATION.fullmatch(text.lower()):
+            moment = now - parse_duration(option, text)
+        else:
+            moment = dt.datetime.fromisoformat(text).timestamp()
+        dt.datetime.fromtimestamp(moment)  # a time this machine's calendar holds (it is printed back)
+    except (ValueError, OverflowError, OSError):
         raise ValueError(
             f"{option}: {text!r} is not a time (ISO 8601 like 2026-11-27T10:00, a Unix timestamp, "
             "or a duration ago like 2h)"
         ) from None
+    return moment
 
 
 def size(n: float) -> str:

@@ -25,7 +25,7 @@ def test_times() -> None:
     assert parse_time("--since", "2h", now) == now - 7200
     assert parse_time("--since", "1700000000", now) == 1_700_000_000
     assert parse_time("--since", "2026-01-02T03:04:05+00:00", now) == 1767323045
-    for bad in ("soon", "-3h", ""):
+    for bad in ("soon", "-3h", "", "99999999999999999999", "999999999999w", "0001-01-01T00:00:00+14:00"):
         with pytest.raises(ValueError, match="^--since: "):
             parse_time("--since", bad, now)
 
@@ -51,6 +51,8 @@ def test_settings_from_set(tmp_path: Path) -> None:
         (["purge", "x", "--all", "--yes"], "--all"),
         (["purge", "--older-than", "soon"], "--older-than"),
         (["stats", "--since", "whenever"], "--since"),
+        (["stats", "--since", "99999999999999999999"], "--since"),
+        (["bundle", "create", "--since", "99999999999w", "out.tar"], "--since"),
         (["ls", "--set", "cache_ttl=x"], "cache_ttl"),
         (["bundle", "create", "only-one.tar"], "RECORD"),
         (["bundle", "create", "a", "b", "--since", "1h"], "--since"),
