@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cacheaddon import settings
+from cacheaddon.counters import StatsError
 from cacheaddon.display import fail
 from cacheaddon.store import Store, StoreError
 
@@ -123,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError, and the units display.py parses: a bad argument
         fail(command, str(exc))
         return 2
-    except (StoreError, OSError) as exc:
+    except (StoreError, StatsError, OSError) as exc:
         fail(command, str(exc))
         return 1
     except KeyboardInterrupt:

@@ -207,6 +207,10 @@ class Counters:
         return saved
 
 
+class StatsError(Exception):
+    """stats.db cannot be read (damaged, not a database, unreadable); str() names the file."""
+
+
 class StatsDB:
     """The counts table in DIR/stats.db, shared by every process on the directory."""
 
@@ -241,12 +245,15 @@ class StatsDB:
         """Counts summed over every bucket that starts at or after `since` (None: ever)."""
         if not self.path.exists():
             return {}
-        with self._connect() as con:
-            rows = con.execute(
-                "SELECT name, labels, SUM(value) FROM counts WHERE bucket >= ? GROUP BY name, labels",
-                (int(since or 0) // _MINUTE * _MINUTE,),
-            ).fetchall()
-        return {(name, tuple(sorted(json.loads(labels).items()))): value for name, labels, value in rows}
+        try:
+            with self._connect() as con:
+                rows = con.execute(
+                    "SELECT name, labels, SUM(value) FROM counts WHERE bucket >= ? GROUP BY name, labels",
+                    (int(since or 0) // _MINUTE * _MINUTE,),
+                ).fetchall()
+            return {(name, tuple(sorted(json.loads(labels).items()))): value for name, labels, value in rows}
+        except (sqlite3.Error, ValueError, AttributeError) as exc:  # AttributeError: labels not an object
+            raise StatsError(f"cannot read the counters in {self.path}: {exc}") from None
 
     def compact(self, now: float) -> None:
         with self._connect() as con:

@@ -91,7 +91,7 @@ class Observer:
         try:
             snapshot = await loop.run_in_executor(self._pool, self._snapshot)
             body = metrics.exposition(snapshot)
-        except (StoreError, OSError) as exc:
+        except (StoreError, counters.StatsError, OSError) as exc:
             logger.warning("metrics unavailable: %s", exc)
             flow.response = responses.make(503, "Service Unavailable", [], f"{exc}\n".encode())
             return

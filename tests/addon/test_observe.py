@@ -114,3 +114,13 @@ def test_cache_status_says_stored_only_when_the_answer_was_stored(harness: Harne
     assert bad.response.headers["X-Cache-Detail"] == good.response.headers["X-Cache-Detail"] == "miss"
     assert "stored" not in bad.response.headers["Cache-Status"].split("; ")
     assert "stored" in good.response.headers["Cache-Status"].split("; ")
+
+
+def test_damaged_counters_make_the_metrics_503_not_an_addon_error(harness: Harness) -> None:  # noqa: F811
+    harness.configure()
+    (harness.cache_dir / "stats.db").write_bytes(b"not a database" * 100)
+    f = flow_for("http://127.0.0.1:8080/_cacheaddon/metrics")
+    f.client_conn.sockname = ("127.0.0.1", 8080)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 503
+    assert b"stats.db" in (f.response.content or b"")

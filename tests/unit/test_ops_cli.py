@@ -99,3 +99,18 @@ def test_a_table_on_a_terminal_shows_cells_as_they_are(url: str) -> None:
     stream = _Terminal()
     Output(stream=stream).table(["URL", ">n"], [[url, "1"]])
     assert url in stream.getvalue()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "directory"])
+def test_damaged_counters_are_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    assert cli.main(["ls", "--cache-dir", str(tmp_path)]) == 0  # a cache directory
+    if damage == "garbage":
+        (tmp_path / "stats.db").write_bytes(b"not a database" * 100)
+    else:
+        (tmp_path / "stats.db").mkdir()
+    capsys.readouterr()
+    assert cli.main(["stats", "--cache-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "stats.db" in err, err
