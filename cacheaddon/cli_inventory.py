@@ -199,6 +199,9 @@ def ls(out: Output, store: Store, config: Settings, now: float, pattern: str | N
 
 
 def _check_purge_usage(args: argparse.Namespace) -> None:
+    if args.pattern is not None and not args.pattern.strip():
+        # An empty "$VAR" matches every URL: it must not remove everything without --all's question.
+        raise UsageError("PATTERN: empty (it would match every entry; --all removes all, asking first)")
     filters = args.pattern is not None or args.older_than is not None or args.stale
     if args.all and filters:
         raise UsageError("--all: cannot be combined with PATTERN, --older-than or --stale")
@@ -232,6 +235,8 @@ def purge(out: Output, store: Store, config: Settings, now: float, args: argpars
 
 
 def refresh(out: Output, store: Store, config: Settings, now: float, target: str) -> int:
+    if not target.strip():
+        raise UsageError("NAME|PATTERN: empty (it would match every entry)")
     found, _ = inventory.items(store)
     if any(ch in target for ch in "*?[") or "://" in target:
         chosen = inventory.select(found, config, now, target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 from cacheaddon import cli
 from cacheaddon.cli_ops import UsageError, resolve_settings
 from cacheaddon.display import Output, parse_duration, parse_time
+from cacheaddon.entry import Entry
+from cacheaddon.store import Store
 
 
 @pytest.mark.parametrize(
@@ -48,6 +51,9 @@ def test_settings_from_set(tmp_path: Path) -> None:
     ("argv", "named"),
     [
         (["purge"], "PATTERN"),
+        (["purge", ""], "PATTERN"),
+        (["purge", " "], "PATTERN"),
+        (["refresh", ""], "NAME|PATTERN"),
         (["purge", "x", "--all", "--yes"], "--all"),
         (["purge", "--older-than", "soon"], "--older-than"),
         (["stats", "--since", "whenever"], "--since"),
@@ -114,3 +120,14 @@ def test_damaged_counters_are_one_line_naming_the_file(
     assert cli.main(["stats", "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "stats.db" in err, err
+
+
+def test_an_empty_pattern_removes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = "https://pypi.org/simple/x/"
+    store = Store(tmp_path, 10**9)
+    entry = Entry(url, 200, "OK", (), 1.0, 1, hashlib.sha256(b"x").hexdigest())
+    store.commit(f"{url}\naccept=", entry, b"x")
+    store.close()
+    assert cli.main(["purge", "", "--cache-dir", str(tmp_path)]) == 2
+    assert cli.main(["ls", "--json", "--cache-dir", str(tmp_path)]) == 0
+    assert url in capsys.readouterr().out
