@@ -206,8 +206,9 @@ def _parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
             entries.append((key, entry))
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BundleError(f"{path} has a damaged or foreign manifest ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # OverflowError: a size of 1e999; RecursionError: JSON nested deeper than the parser goes.
+        raise BundleError(f"{path} has a damaged or foreign manifest ({type(exc).__name__}: {exc})") from None
     return {"entries": entries, "bodies": sizes}
 
 

@@ -4,13 +4,15 @@ shared bodies, refresh that loses no race, verify, bundles, and the counters' ev
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from cacheaddon import bundle, inventory
+from cacheaddon import bundle, inventory, recording
 from cacheaddon.entry import Entry
 from cacheaddon.settings import defaults, from_options
 from cacheaddon.store import Store
@@ -189,3 +191,36 @@ def test_evictions_and_integrity_failures_reach_the_counters(tmp_path: Path) -> 
         assert failures == ["body"]
     finally:
         small.close()
+
+
+_HEAD = b'{"format": "cacheaddon-bundle", "version": 1, '
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        _HEAD + b'"entries": [], "bodies": {"' + b"a" * 64 + b'": 1e999}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        _HEAD + b'"entries": [{"key": "k", "record": 5}], "bodies": {}}',
+    ],
+)
+def test_a_foreign_manifest_is_refused_with_one_message(
+    tmp_path: Path, store: Store, manifest: bytes
+) -> None:
+    path = tmp_path / "foreign.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(bundle.MANIFEST)
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    with pytest.raises(bundle.BundleError, match="damaged or foreign manifest"):
+        bundle.import_bundle(store, path)
+    assert store.record_count() == 0
+
+
+def test_record_lines_no_parser_can_take_are_skipped(tmp_path: Path) -> None:
+    record = tmp_path / "build.record"
+    good = {"v": 1, "key": "k", "url": "https://x/", "status": 200, "size": 1, "sha256": "0" * 64, "at": 1.0}
+    lines = [json.dumps(good), json.dumps({**good, "key": "k2", "size": 1e999}), "[" * 100_000]
+    record.write_text("\n".join(lines) + "\n")
+    found, bad = recording.read(record)
+    assert [r.key for r in found] == ["k"] and bad == 2
