@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import json
 from pathlib import Path
 
+import certifi
 import pytest
 
 from cacheaddon import cli
@@ -131,3 +134,25 @@ def test_an_empty_pattern_removes_nothing(tmp_path: Path, capsys: pytest.Capture
     assert cli.main(["purge", "", "--cache-dir", str(tmp_path)]) == 2
     assert cli.main(["ls", "--json", "--cache-dir", str(tmp_path)]) == 0
     assert url in capsys.readouterr().out
+
+
+def test_a_lockfile_url_no_client_could_ask_is_one_failure_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(b"x").digest()).decode()
+    lock = {
+        "lockfileVersion": 3,
+        "packages": {
+            "": {},
+            "node_modules/a": {"resolved": "http://[::1/a.tgz", "integrity": integrity},
+            "node_modules/b": {"resolved": "http://127.0.0.1:1/b\x00.tgz", "integrity": integrity},
+        },
+    }
+    (tmp_path / "package-lock.json").write_text(json.dumps(lock))
+    code = cli.main(
+        ["prewarm", str(tmp_path / "package-lock.json"), "--proxy", "http://127.0.0.1:1", "--json",
+         "--cafile", certifi.where(), "--cache-dir", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [f["error"].split(":")[0] for f in report["failures"]] == ["InvalidURL", "InvalidURL"]
