@@ -167,6 +167,8 @@ def resolve_settings(cache_dir: str | None, options: Sequence[str]) -> settings.
 def open_store(config: settings.Settings, create: bool = False) -> Store:
     """The proxy's store. A directory that does not exist is an error (a typo must not look like an empty
     cache), unless `create`."""
+    if config.cache_dir.exists() and not config.cache_dir.is_dir():
+        raise OSError(f"cache_dir {config.cache_dir} is not a directory (see --cache-dir)")
     if not create and not config.cache_dir.is_dir():
         raise OSError(f"cache_dir {config.cache_dir} does not exist (see --cache-dir)")
     return Store(config.cache_dir, config.size_limit)

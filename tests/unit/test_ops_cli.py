@@ -156,3 +156,13 @@ def test_a_lockfile_url_no_client_could_ask_is_one_failure_not_a_traceback(
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     assert [f["error"].split(":")[0] for f in report["failures"]] == ["InvalidURL", "InvalidURL"]
+
+
+@pytest.mark.parametrize("argv", [["ls"], ["stats"], ["bundle", "import", "x.tar"]])
+def test_a_cache_dir_that_is_a_file_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    assert cli.main([*argv, "--cache-dir", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is not a directory" in err, err
