@@ -102,16 +102,16 @@ def _fetch(
     if not downloads:
         return []
     verify = ssl.create_default_context(cafile=str(bundle))
-    with out.progress(len(downloads), "files", in_bytes=False) as advance:
+    with out.files_progress(len(downloads), "files") as progress:
 
         def on_file(result: prewarm.Fetched) -> None:
-            advance(1)
+            progress.file()
             if not out.tty and not out.as_json:
                 state = "failed: " + result.error if result.error else ("cached" if result.cached else "new")
                 out.line(f"{state} {size(result.size)} {result.url}")
 
         return asyncio.run(
-            prewarm.fetch_all(downloads, args.proxy, verify, args.jobs, on_file, lambda n: None)
+            prewarm.fetch_all(downloads, args.proxy, verify, args.jobs, on_file, progress.bytes)
         )
 
 

@@ -116,16 +116,47 @@ class Output:
             self.stream.write("  ".join(cells).rstrip() + "\n")
 
     @contextmanager
-    def progress(self, total: int, what: str, in_bytes: bool = True) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int, what: str) -> Iterator[Callable[[int], None]]:
         """A progress bar on stderr when it is a terminal (and not --json); a no-op otherwise."""
         if self.as_json or not sys.stderr.isatty():
             yield lambda n: None
             return
-        count = DownloadColumn() if in_bytes else MofNCompleteColumn()
-        columns = (TextColumn(what), BarColumn(), count, TimeRemainingColumn())
+        columns = (TextColumn(what), BarColumn(), DownloadColumn(), TimeRemainingColumn())
         with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
             task = bar.add_task(what, total=total)
             yield lambda n: bar.advance(task, n)
+
+    @contextmanager
+    def files_progress(self, total: int, what: str) -> Iterator[FileProgress]:
+        """A progress bar of files (count) and the bytes they held, on stderr when it is a terminal."""
+        if self.as_json or not sys.stderr.isatty():
+            yield FileProgress()
+            return
+        columns = (
+            TextColumn(what),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[nbytes]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+            yield FileProgress(bar, bar.add_task(what, total=total, nbytes=size(0)))
+
+
+class FileProgress:
+    """Counts files and their bytes (what `files_progress` yields)."""
+
+    def __init__(self, bar: Progress | None = None, task: Any = None) -> None:
+        self.bar, self.task, self.nbytes = bar, task, 0
+
+    def file(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, 1)
+
+    def bytes(self, n: int) -> None:
+        self.nbytes += n
+        if self.bar is not None:
+            self.bar.update(self.task, nbytes=size(self.nbytes))
 
 
 def fail(command: str, message: str) -> None:

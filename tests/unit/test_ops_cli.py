@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import certifi
@@ -166,3 +167,15 @@ def test_a_cache_dir_that_is_a_file_is_named_as_such(
     assert cli.main([*argv, "--cache-dir", str(tmp_path / "file")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "is not a directory" in err, err
+
+
+def test_the_prewarm_progress_bar_counts_files_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with Output(stream=_Terminal()).files_progress(2, "files") as progress:
+        progress.bytes(1500)
+        progress.file()
+        progress.bytes(2500)
+        progress.file()
+    shown = terminal.getvalue()
+    assert "2/2" in shown and "4.0 kB" in shown
