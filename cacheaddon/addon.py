@@ -135,7 +135,7 @@ class CacheAddon:
         self.observer = Observer.update(self.observer, new, store)
         self.service.fetcher.counters = self.observer.counters
         if self.guard is not None:
-            self.guard.counters = self.observer.counters
+            self.guard.counters, self.guard.asked = self.observer.counters, self.observer.record
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""

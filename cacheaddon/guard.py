@@ -94,8 +94,10 @@ class Known:
 
 
 class Guard:
-    # Where refusals and filtered documents are counted; the addon puts its own here (observe.py).
+    # Where refusals and filtered documents are counted, and where the sibling documents asked for are
+    # recorded (cache_record): the addon puts its observer's here (observe.py).
     counters = Counters(None)
+    asked: Callable[[RequestView], None] = staticmethod(lambda view: None)
 
     def __init__(
         self, settings: Settings, feed: AdvisoryFeed | None = None, clock: Callable[[], float] = time.time
@@ -115,7 +117,7 @@ class Guard:
     async def answer(self, ask: Ask, request: RequestView, url: str, origin: str) -> Reply:
         """The cache's answer to a GET or HEAD (what `ask` gets) as the guard lets the client have it."""
         rules = await self.rules()
-        sibling = sibling_via(ask, request, url, self.clock)
+        sibling = sibling_via(ask, request, url, self.clock, self.asked)
         refusal = await self.refusal(url, rules, sibling)
         if refusal is not None:
             self._record(_REFUSED, refusal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,38 @@ def test_damaged_counters_make_the_metrics_503_not_an_addon_error(harness: Harne
     harness.live(lambda: harness.addon.request(f))
     assert f.response is not None and f.response.status_code == 503
     assert b"stats.db" in (f.response.content or b"")
+
+
+def test_the_documents_the_guard_asked_for_are_recorded_too(harness: Harness, tmp_path: Path) -> None:  # noqa: F811
+    """An HTML page is dated by its JSON form, which the guard asks the cache for: an offline replay of the
+    bundle needs that entry as much as the page, or the young versions pass there as undated."""
+    record = tmp_path / "build.record"
+    harness.configure(cache_record=str(record), cache_min_release_age="3d", cache_offline=True)
+    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    files = [
+        {"filename": f"requests-{v}.tar.gz", "url": f"https://files.pythonhosted.org/p/requests-{v}.tar.gz",
+         "hashes": {"sha256": "00"}, "upload-time": t}
+        for v, t in (("1.0", "2020-01-01T00:00:00Z"), ("2.0", young))
+    ]  # fmt: skip
+    page = json.dumps({"meta": {"api-version": "1.1"}, "name": "requests", "files": files}).encode()
+    json_type = "application/vnd.pypi.simple.v1+json"
+    html = b"".join(b'<a href="%s">%s</a>\n' % (f["url"].encode(), f["filename"].encode()) for f in files)
+    harness.store_entry(
+        flow_for(PYPI_INDEX, headers={"Accept": json_type, "Accept-Encoding": "gzip"}),
+        page,
+        headers=(("Content-Type", json_type),),
+    )
+    html_accept = {"Accept": "text/html"}
+    html_type = (("Content-Type", "text/html"),)
+    harness.store_entry(flow_for(PYPI_INDEX, headers=html_accept), html, headers=html_type)
+    f = flow_for(PYPI_INDEX, headers=html_accept)
+
+    async def answer() -> None:
+        await harness.addon.request(f)
+        harness.addon.response(f)
+
+    harness.live(answer)
+    assert f.response is not None and b"requests-2.0" not in (f.response.content or b"")
+    assert b"requests-1.0" in (f.response.content or b"")
+    keys = [json.loads(line)["key"] for line in record.read_text().splitlines()]
+    assert sorted(k.split("\n")[1] for k in keys) == [f"accept={json_type}", "accept=text/html"]
