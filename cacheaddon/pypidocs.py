@@ -25,8 +25,11 @@ QUARANTINED = "quarantined"
 # A project page: .../simple/<project>/ (PyPI, devpi's +simple, Artifactory's .../simple/...).
 _PROJECT_PATH = re.compile(r"/\+?simple/([^/]+)/?$")
 # One link with what surrounds it on its line, so that a removed link leaves no blank line or stray <br>.
+# Its text ends at </a>, or where the next link or the page's end begins: an anchor left unclosed is still
+# a link to an HTML parser (pip's, uv's), and must neither hide the next one nor escape being judged.
 _ANCHOR = re.compile(
-    rb"""[ \t]*<a\b(?P<attrs>(?:[^>"']|"[^"]*"|'[^']*')*)>(?P<text>.*?)</a\s*>"""
+    rb"""[ \t]*<a\b(?P<attrs>(?:[^>"']|"[^"]*"|'[^']*')*)>"""
+    rb"""(?P<text>(?:(?!<a\b|</a\s*>|</body\b|</html\b).)*)(?:</a\s*>)?"""
     rb"""[ \t]*(?:<br\s*/?>)?[ \t]*(?:\r?\n)?""",
     re.I | re.S,
 )

@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -288,3 +289,22 @@ def test_a_link_is_judged_by_the_file_its_url_leads_to() -> None:
     known = Dates({young: NOW - 60, old: NOW - 100 * DAY}, NOW)
     screened = pypidocs.screen_html(page, "alpha", rules(), known)
     assert screened.body == b"" and [r.version for r in screened.removed] == ["2.0.0"]
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        # the young link unclosed; the old one; the young one, at the page's end
+        "<a href='https://f/{young}'>{young}\n<a href='https://f/{old}'>{old}</a>\n",
+        "<a href='https://f/{old}'>{old}\n<a href='https://f/{young}'>{young}</a>\n</body>",
+        "<a href='https://f/{old}'>{old}</a>\n<a href='https://f/{young}'>{young}\n</body></html>",
+    ],
+)
+def test_an_unclosed_link_is_still_judged_and_hides_no_other(page: str) -> None:
+    """An HTML parser (pip's, uv's) sees a link in an anchor left unclosed: it is judged like any other, and
+    neither hides the young link after it nor takes the old one with it."""
+    young, old = "alpha-2.0.0-py3-none-any.whl", "alpha-1.0.0-py3-none-any.whl"
+    known = Dates({young: NOW - 60, old: NOW - 100 * DAY}, NOW)
+    screened = pypidocs.screen_html(page.format(young=young, old=old).encode(), "alpha", rules(), known)
+    assert screened.body is not None
+    assert young.encode() not in screened.body and old.encode() in screened.body
