@@ -83,9 +83,13 @@ def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
     if args.cafile:
         if not Path(args.cafile).is_file():
             raise UsageError(f"--cafile: {args.cafile} is not a file")
+        if not _holds_certificates(Path(args.cafile)):
+            raise UsageError(f"--cafile: {args.cafile} holds no PEM certificate")
         return Path(args.cafile)
     confdir = Path(args.confdir).expanduser()
     if (confdir / ENV_BUNDLE).is_file():
+        if not _holds_certificates(confdir / ENV_BUNDLE):
+            raise OSError(f"{confdir / ENV_BUNDLE} holds no PEM certificate: run `cacheaddon env` again")
         return confdir / ENV_BUNDLE
     if not (confdir / CA_CERT).is_file():
         raise OSError(f"no {CA_CERT} in {confdir}: give --cafile, or --confdir of the running proxy")
@@ -94,6 +98,14 @@ def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
     text = (Path(system).read_text() if system else "") + "\n" + (confdir / CA_CERT).read_text()
     (tmp / "bundle.pem").write_text(text)
     return tmp / "bundle.pem"
+
+
+def _holds_certificates(path: Path) -> bool:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError):
+        return False
+    return True
 
 
 def _fetch(

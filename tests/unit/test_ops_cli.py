@@ -69,6 +69,7 @@ def test_settings_from_set(tmp_path: Path) -> None:
         (["prewarm"], "LOCKFILE"),
         (["prewarm", "requirements.txt"], "requirements.txt"),
         (["prewarm", "--npm", "x", "--jobs", "0"], "--jobs"),
+        (["prewarm", "--npm", "x", "--cafile", __file__], "--cafile"),  # a file, but no certificate in it
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
