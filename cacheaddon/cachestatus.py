@@ -23,10 +23,13 @@ _NOT_FORWARDED_STALE = frozenset({"stale: offline mode", "stale: upstream failin
 
 def value(outcome: Outcome, detail: str, stored: bool = False) -> str:
     params: list[str] = []
+    # What comes after "; " is a note on the answer (an answer negotiated from another Accept's, a document
+    # the guard filtered), not how it was had.
+    reason = detail.split("; ", 1)[0]
     if outcome is Outcome.HIT:
         params.append("hit")
     elif outcome is Outcome.STALE:
-        if detail in _NOT_FORWARDED_STALE:
+        if reason in _NOT_FORWARDED_STALE:
             params.append("hit")
         else:
             params.append("fwd=stale")

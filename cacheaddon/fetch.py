@@ -68,21 +68,30 @@ class Fetcher:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None = None,
     ) -> Reply:
-        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may."""
+        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may.
+        fallback: an answer stored for another Accept that the request admits, served if the upstream fails
+        (never revalidated: its validators are another representation's)."""
+        stale = entry or fallback
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         headers.update(conditional.conditional_headers(entry))
         try:
             fetched = await self.client.open(request.method, url, headers)
         except UpstreamFailure as exc:
-            return await self._failed(exc.failure, request, url, origin, entry)
+            return await self._failed(exc.failure, request, url, origin, stale)
         length = expected_length(fetched)
         answer = policy.on_answer(request, entry, fetched.status_code, fetched.headers, length, self.settings)
         match answer.verdict:
             case Verdict.FAILED:
-                return await self._failed_answer(fetched, request, url, origin, entry)
+                return await self._failed_answer(fetched, request, url, origin, stale)
             case Verdict.NOT_MODIFIED:
                 assert entry is not None
                 self.health.succeeded(origin)
@@ -90,7 +99,7 @@ class Fetcher:
             case Verdict.NEW:
                 self.health.succeeded(origin)
                 if answer.buffer:
-                    return await self._buffered(fetched, answer, request, url, origin, key, entry)
+                    return await self._buffered(fetched, answer, request, url, origin, key, stale)
                 return self._streamed(fetched, answer, request, origin, key)
             case _:
                 assert_never(answer.verdict)
@@ -136,10 +145,9 @@ class Fetcher:
         """The upstream failed (passed: its own error answer, if any): the stale entry, or the error."""
         now = time.time()
         self._count_failure(origin, failure)
-        self.health.failed(origin, now, self.settings.upstream_backoff)
+        self.health.failed(origin, now, self.settings.upstream_backoff, failure.reason)
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
-            logger.warning("upstream failed for %s (%s)", redact(url), failure.reason)
             reply = await self.serve(entry, decision, request, now)
             if reply is not None:
                 return reply

@@ -79,7 +79,7 @@ class Failure:
     timeout: bool = False
     status: int | None = None
     # A short, bounded label for the metrics, set where the failure is recognised (upstream.py's table of
-    # exception types, or `answered`): timeout, dns, tls, refused, reset, truncated, protocol, connect,
+    # exception types, or `answered`): timeout, dns, tls, refused, reset, truncated, protocol, connect, proxy,
     # http_5xx, http_429, other.
     kind: str = "other"
 

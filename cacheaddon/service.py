@@ -11,9 +11,10 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar, assert_never
 
-from cacheaddon import conditional, keys, policy, responses, rewrite, tasks
+from cacheaddon import conditional, keys, negotiation, policy, responses, rewrite, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher
 from cacheaddon.health import HostHealth
@@ -72,7 +73,18 @@ class CacheService:
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
         backoff = self.health.backoff(origin, now)
+        fallback = None  # an answer stored for another Accept that this request admits
+        if entry is None:
+            _close(pre)
+            entry, pre, fallback = await self._negotiated(
+                request, key, self.settings.offline or backoff is not None
+            )
         decision = policy.decide(request, entry, now, self.settings, backoff, self.store.salt)
+        own = entry if fallback is None else None  # only the request's own answer is revalidated for it
+        if fallback is not None and decision.action is Action.SERVE:
+            decision = replace(
+                decision, reason=f"{decision.reason}; negotiated {negotiation.describe(fallback)}"
+            )
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -86,10 +98,10 @@ class CacheService:
                     if ranged and not self.settings.offline:
                         return await self.forward(request, url, origin, None, _RANGE_MISS)
                     return await self._answer_without(request, url, origin, key)
-                self._maybe_probe(decision, request, url, origin, key, entry)
+                self._maybe_probe(decision, request, url, origin, key, own)
                 return reply
             case Action.FETCH:
-                return await self._fetch(request, url, origin, key, entry)
+                return await self._fetch(request, url, origin, key, own, fallback)
             case Action.ERROR:
                 if self.settings.offline:
                     logger.warning("offline: %s is not in the cache", redact(url))
@@ -107,16 +119,55 @@ class CacheService:
         return await self.fetcher.forward(request, url, origin, body, detail)
 
     async def _fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None = None,
     ) -> Reply:
-        """The one place where a miss or a revalidation of a cache key goes upstream."""
-        return await self.fetcher.fetch(request, url, origin, key, entry)
+        """The one place where a miss or a revalidation of a cache key goes upstream (fallback: an answer
+        stored for another Accept, served if the upstream fails)."""
+        return await self.fetcher.fetch(request, url, origin, key, entry, fallback)
 
     async def _answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         """The reply as if nothing were cached (the entry's body turned out gone or corrupt)."""
         if self.settings.offline:
             return error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
         return await self._fetch(request, url, origin, key, None)
+
+    async def _negotiated(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """After the request's own keys missed: the best answer stored for another Accept that it admits
+        (negotiation.py), as (entry to decide with, its body as lookup gives it, entry to fall back on when
+        the upstream fails). A type the request admits only by a wildcard (curl's */*) is served only when
+        the upstream cannot be asked (cannot_ask: offline, back-off) or fails: otherwise the client gets
+        what the upstream would send it (HTML, where pip cached JSON)."""
+        try:
+            return await self._db(self._variant, request, key, cannot_ask)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            return None, None, None
+
+    def _variant(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """_negotiated's work, in one trip to the database thread."""
+        stored = self.store.variants(keys.variant_group(key.shared))
+        admitted = [(k, e) for k, e in stored if keys.vary_matches(e, request, self.store.salt)]
+        ranked = negotiation.rank(request.header("accept"), request.header("accept-encoding"), admitted)
+        if not ranked:
+            return None, None, None
+        usable = ranked[0] if cannot_ask else next((c for c in ranked if c.explicit), None)
+        if usable is None:
+            return None, None, ranked[0].entry
+        entry, pre = self.store.lookup((usable.key,), INLINE_LIMIT)
+        if entry != usable.entry:  # replaced since it was ranked: not judged, not served
+            _close(pre)
+            return None, None, None
+        return entry, pre, entry
 
     def _maybe_probe(
         self, decision: Decision, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None

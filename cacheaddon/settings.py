@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cacheaddon.parent import Route
+
 # The public registries' hosts: what a build host typically needs cached.
 DEFAULT_HOSTS = (
     "pypi.org",
@@ -110,14 +112,31 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "cache_max_object_size",
         str,
         "100m",
-        "Largest response stored, with a k/m/g suffix; larger responses are passed on but not stored.",
+        "Largest response stored, with a k/m/g suffix, and never more than a quarter of cache_size_limit; "
+        "larger responses are passed on but not stored.",
     ),
     (
         "cache_size_limit",
         str,
         "10g",
-        "Total size of the cache on disk, in bytes or with a k/m/g suffix; least recently used entries are "
-        "evicted.",
+        "Total size of the cache on disk, in bytes or with a k/m/g suffix; after each store, least recently "
+        "used entries are evicted until the cache is back under it.",
+    ),
+    (
+        "cache_client_timeout",
+        int,
+        60,
+        "Seconds a client connection may stay idle between requests, or take to send a request head, "
+        "before it is closed, so that clients that hold connections without using them cannot exhaust the "
+        "proxy's file descriptors. 0 turns this off (mitmproxy's tcp_timeout still applies).",
+    ),
+    (
+        "cache_env_proxy",
+        bool,
+        False,
+        "Send the cache's own upstream requests through the proxy that this process's HTTPS_PROXY, "
+        "HTTP_PROXY or ALL_PROXY names, except for hosts in NO_PROXY. mitmproxy's --mode upstream:URL, when "
+        "given, is used instead, for every request.",
     ),
     (
         "cache_allow_clients",
@@ -179,6 +198,10 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
 
+# No object may take more than this share of cache_size_limit: one that large would evict most of the cache
+# (a 30 MiB file in a 20 MiB cache used to be stored, and the cache stayed 5x its limit).
+OBJECT_SHARE = 4
+
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -216,7 +239,7 @@ class Settings:
     upstream_backoff: int
     offline: bool
     hosts: tuple[HostPattern, ...]
-    max_object_size: int
+    max_object_size: int  # already capped at size_limit // OBJECT_SHARE
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
@@ -232,6 +255,9 @@ class Settings:
     def guard_active(self) -> bool:
         return self.min_release_age > 0 or self.block_advisories is not None
     record: Path | None = None
+    env_proxy: bool = False
+    client_timeout: int = 60
+    parents: tuple[Route, ...] = ()  # parent proxies for the cache's own requests, from mitmproxy's options
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -375,7 +401,7 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         upstream_backoff=_non_negative("cache_upstream_backoff", opts["cache_upstream_backoff"]),
         offline=bool(opts["cache_offline"]),
         hosts=tuple(parse_host("cache_hosts", h) for h in split_list(opts["cache_hosts"])),
-        max_object_size=max_size,
+        max_object_size=min(max_size, size_limit // OBJECT_SHARE),
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
@@ -388,6 +414,8 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         block_advisories=Path(advisories).expanduser() if advisories else None,
         block_advisories_all=bool(opts["cache_block_advisories_all"]),
         record=Path(opts["cache_record"]).expanduser().absolute() if opts.get("cache_record") else None,
+        env_proxy=bool(opts["cache_env_proxy"]),
+        client_timeout=_non_negative("cache_client_timeout", opts["cache_client_timeout"]),
     )
 
 

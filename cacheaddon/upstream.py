@@ -11,10 +11,11 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
 
+from cacheaddon.parent import Route
 from cacheaddon.policy import HOP_BY_HOP, Failure
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ _FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException], UpstreamFa
     (ssl.SSLError, _tls),
     (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused", "refused")),
     (ConnectionResetError, lambda exc: UpstreamFailure("connection reset", "reset")),
+    (httpx.ProxyError, lambda exc: UpstreamFailure(f"parent proxy refused ({exc})", "proxy")),
     (httpx.RemoteProtocolError, _protocol),
     (httpx.ConnectError, _connect),
 )
@@ -118,13 +120,27 @@ class _NoCookies(httpx.Cookies):
 class UpstreamClient:
     """The HTTP client every upstream request the addon makes goes through."""
 
-    def __init__(self, timeout: int, verify: ssl.SSLContext | bool) -> None:
+    def __init__(
+        self, timeout: int, verify: ssl.SSLContext | bool, parents: Sequence[Route] = ()
+    ) -> None:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=32)
+        # Through a parent proxy (parent.py): CONNECT for https, absolute-form requests for http, with the
+        # parent's credentials as Proxy-Authorization. The same timeouts apply to the parent's answers.
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+            route.pattern: None
+            if route.proxy is None
+            else httpx.AsyncHTTPTransport(
+                verify=verify, limits=limits, trust_env=False, proxy=httpx.Proxy(route.proxy, auth=route.auth)
+            )
+            for route in parents
+        }
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(float(timeout)),
             verify=verify,
             trust_env=False,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=32),
+            limits=limits,
+            mounts=mounts,
         )
         self._client._cookies = _NoCookies()  # the public setter would copy it into a plain jar
         # httpx's timeouts are per read: a server trickling its response head a byte at a time would never

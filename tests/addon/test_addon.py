@@ -25,7 +25,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import cli_inventory, counters, keys, policy, settings
+from cacheaddon import cli_inventory, counters, keys, policy, settings, startup
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
 
@@ -175,6 +175,26 @@ def test_an_unusable_cache_dir_raises_options_error(harness: Harness, tmp_path: 
     with pytest.raises(OptionsError, match=r"^cache_dir: "):
         harness.tctx.configure(harness.addon, cache_dir=str(tmp_path / "a-file" / "cache"))
     assert harness.addon.settings is not None and harness.addon.settings.cache_dir == harness.cache_dir
+
+
+def test_as_a_script_a_bad_option_stops_a_starting_proxy_and_is_refused_by_a_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    addon = CacheAddon(stop_on_bad_options=True)  # as `mitmdump -s` loads it
+    try:
+        with taddons.context(Proxyserver(), addon) as tctx:
+            tctx.configure(addon, cache_dir=str(tmp_path / "cache"))
+            with pytest.raises(SystemExit) as stopped:
+                tctx.configure(addon, cache_ttl=-1)
+            assert stopped.value.code == 1
+            message = capsys.readouterr().err.splitlines()[-1]
+            assert message.endswith(": cache_ttl: must be 0 or more seconds, got -1")
+            startup.mark_running(tctx.master)  # what running() does first
+            with pytest.raises(OptionsError, match=r"^cache_ttl: "):  # running: refused, never stopped
+                tctx.configure(addon, cache_ttl=-1)
+    finally:
+        addon.done()
 
 
 @pytest.mark.parametrize("preset", ["nothing", "connection_strategy"])

@@ -97,11 +97,13 @@ class Proxy:
         modes: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         runner: str = "mitmdump",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """`endpoints`: upstream origins (https://127.0.0.2:PORT) each served as a registry endpoint on a port
         of its own, next to the forward proxy on `port`: `--mode reverse:URL@P` under mitmdump, `--registry
         URL@P` under `runner="cli"` (`cacheaddon run`). `modes`: mitmproxy mode specs given as they are
-        (`--mode SPEC` each; name `regular` yourself to keep the forward proxy). `extra_args` go last."""
+        (`--mode SPEC` each; name `regular` yourself to keep the forward proxy). `extra_args` go last. `env`:
+        variables added to the process's environment (which has no proxy variables of this one's)."""
         if runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
         self.mitm = mitm
@@ -114,6 +116,7 @@ class Proxy:
         self.runner = runner
         self.modes = list(modes) if modes is not None else None
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         # upstream origin -> local port, fixed for the Proxy's life so restarts keep the endpoint URLs
         self.endpoint_ports = {url_origin(url): free_port() for url in endpoints}
 
@@ -221,7 +224,7 @@ class Proxy:
     def start(self) -> Proxy:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"proxy already running (pid {self.proc.pid})")
-        env = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS} | self.env
         env["PYTHONUNBUFFERED"] = "1"
         argv = self.argv()
         with open(self.log_path, "ab") as log:

@@ -87,7 +87,8 @@ def proxy_factory(
     """start(**options) -> a running Proxy; each start gets a new cache_dir unless `cache_dir=` is given.
     Options become `--set name=value` (lists repeat it, bools are true/false), except these, which go to
     Proxy (see its __init__): `endpoints=[upstream URL, ...]` (registry endpoints, proxy.endpoint(URL)),
-    `modes=[mitmproxy mode spec, ...]`, `extra_args=[...]`, `runner="mitmdump"|"cli"` (`cacheaddon run`)."""
+    `modes=[mitmproxy mode spec, ...]`, `extra_args=[...]`, `runner="mitmdump"|"cli"` (`cacheaddon run`),
+    `env={...}` (added to the process's environment)."""
     counter = itertools.count(1)
 
     def start(**options: object) -> Proxy:
@@ -97,6 +98,7 @@ def proxy_factory(
         modes = cast("Sequence[str] | None", options.pop("modes", None))
         extra_args = cast("Sequence[str]", options.pop("extra_args", ()))
         runner = str(options.pop("runner", "mitmdump"))
+        env = cast("dict[str, str] | None", options.pop("env", None))
         proxy = Proxy(
             mitm_conf,
             certs.ca_cert,
@@ -107,6 +109,7 @@ def proxy_factory(
             modes=modes,
             extra_args=extra_args,
             runner=runner,
+            env=env,
         )
         request.addfinalizer(proxy.stop)
         return proxy.start()

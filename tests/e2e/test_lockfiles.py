@@ -56,18 +56,12 @@ def test_a_lockfile_written_through_the_endpoint_installs_without_the_proxy(
         assert direct.installed(list(INSTALLED)) == INSTALLED
 
 
-# `npm ci` without "resolved" asks for the abbreviated packuments (npm install built its tree from the full
-# ones): with the registry stopped, only a cache that serves a stored full document to a request that admits
-# it (npm's abbreviated Accept does, at q=0.8) has them. That is issue 8's item 3, on another branch.
-NPM_CI_NEEDS_NEGOTIATION = pytest.mark.xfail(
-    reason="needs a stored full packument to serve npm's abbreviated request (issue 8, item 3)", strict=True
-)
-
-
-@pytest.mark.parametrize("client", [pytest.param("npm", marks=NPM_CI_NEEDS_NEGOTIATION), "pnpm", "yarn"])
+@pytest.mark.parametrize("client", ["npm", "pnpm", "yarn"])
 def test_a_lockfile_written_through_the_endpoint_installs_from_the_cache_with_the_registry_stopped(
     tmp_path: Path, registry: FakeRegistry, proxy_factory: ProxyFactory, client: str
 ) -> None:
+    """npm ci from a lockfile without "resolved" asks for the abbreviated packuments where npm install
+    stored full ones: its Accept admits those (application/json, q=0.8), so the cache serves them."""
     proxy, cold = write_lockfile(tmp_path, registry, proxy_factory, client)
     registry.stop()
     # a fresh project, cache and store, with the lockfile

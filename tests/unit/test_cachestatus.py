@@ -29,6 +29,16 @@ from cacheaddon.policy import Outcome
             "stale: upstream failing recently",
             'cacheaddon; hit; detail="stale: upstream failing recently"',
         ),
+        (
+            Outcome.STALE,
+            "stale: offline mode; negotiated application/json",
+            'cacheaddon; hit; detail="stale: offline mode; negotiated application/json"',
+        ),
+        (
+            Outcome.STALE,
+            "stale: upstream connection refused; negotiated application/json",
+            'cacheaddon; fwd=stale; detail="stale: upstream connection refused; negotiated application/json"',
+        ),
         (Outcome.MISS, "not stored: status 500", 'cacheaddon; fwd=miss; detail="not stored: status 500"'),
         (
             Outcome.MISS,
@@ -56,6 +66,11 @@ def test_cache_status(outcome: Outcome, detail: str, expected: str) -> None:
     ("outcome", "detail", "expected"),
     [
         (Outcome.MISS, "miss", 'cacheaddon; fwd=miss; stored; detail="miss"'),
+        (
+            Outcome.MISS,
+            "miss; filtered: 1 version younger than 3d",
+            'cacheaddon; fwd=miss; stored; detail="miss; filtered: 1 version younger than 3d"',
+        ),
         (
             Outcome.MISS,
             "refreshed: entry was stale",

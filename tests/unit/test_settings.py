@@ -273,3 +273,13 @@ def test_an_explicit_cache_dir_wins_and_expands_the_user(monkeypatch: pytest.Mon
     assert settings.from_options({**settings.defaults(), "cache_dir": "~/c"}, env=env).cache_dir == Path(
         "/home/other/c"
     )
+
+
+@pytest.mark.parametrize(
+    ("limit", "max_object", "stored_up_to"),
+    [("20m", "100m", 5 * 1024**2), ("10g", "100m", 100 * 1024**2), ("4m", "0", 0)],
+)
+def test_no_object_may_take_more_than_a_quarter_of_the_cache(
+    limit: str, max_object: str, stored_up_to: int
+) -> None:
+    assert build(cache_size_limit=limit, cache_max_object_size=max_object).max_object_size == stored_up_to
