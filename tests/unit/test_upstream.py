@@ -108,6 +108,7 @@ def test_a_head_without_any_answer_is_a_protocol_error_not_a_cut_body() -> None:
         (ConnectionResetError(104, "reset"), "reset"),
         (httpx.ConnectError("no route"), "connect"),
         (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ProxyError("407 Proxy Authentication Required"), "proxy"),
         # Told apart by type, whatever the text says: no kind is read back out of a reason.
         (RuntimeError("TLS failure, connection refused"), "other"),
         (OSError("name resolution failed"), "other"),
