@@ -173,6 +173,8 @@ class CacheAddon:
         self.service = CacheService(new, store, client, self.health, self.pools, self.tier)
         self.observer = Observer.update(self.observer, new, store)
         self.service.fetcher.counters = self.observer.counters
+        if self.guard is not None:
+            self.guard.counters, self.guard.asked = self.observer.counters, self.observer.record
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""

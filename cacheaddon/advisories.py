@@ -89,8 +89,13 @@ EMPTY = AdvisoryIndex({})
 def is_malicious(record: Mapping[str, Any]) -> bool:
     """A MAL- advisory (OSV's malicious-packages database), or one that another database files under an
     alias of one."""
-    ids = [record.get("id"), *(record.get("aliases") or ())]
+    ids = [record.get("id"), *_list(record.get("aliases"))]
     return any(isinstance(i, str) and i.startswith("MAL-") for i in ids)
+
+
+def _list(value: object) -> list[Any]:
+    """A field the schema makes a list, or nothing when a file has something else there."""
+    return value if isinstance(value, list) else []
 
 
 def affected_entries(record: Mapping[str, Any]) -> list[tuple[str, str, Affected]]:
@@ -100,18 +105,20 @@ def affected_entries(record: Mapping[str, Any]) -> list[tuple[str, str, Affected
     if not isinstance(advisory, str) or record.get("withdrawn"):
         return []
     found = []
-    for item in record.get("affected") or ():
+    for item in _list(record.get("affected")):
         if not isinstance(item, dict):
             continue
-        package = item.get("package") or {}
+        package = item.get("package")
+        if not isinstance(package, dict):
+            continue
         ecosystem = ECOSYSTEMS.get(str(package.get("ecosystem", "")).lower())
         name = package.get("name")
         if ecosystem is None or not isinstance(name, str) or not name:
             continue
-        listed = tuple(v for v in item.get("versions") or () if isinstance(v, str))
+        listed = tuple(v for v in _list(item.get("versions")) if isinstance(v, str))
         ranges = tuple(
             events
-            for r in item.get("ranges") or ()
+            for r in _list(item.get("ranges"))
             if isinstance(r, dict) and r.get("type") in _RANGE_TYPES
             if (events := _events(r.get("events")))
         )

@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import lzma
 import os
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,24 +60,48 @@ def signature(path: Path) -> Signature:
     return digest.hexdigest()
 
 
+# What reading one member of a zip can raise beyond OSError: a damaged member (bad CRC, a broken deflate
+# stream, cut short), a compression method or encryption this Python cannot read.
+_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError)
+
+
 def read_records(path: Path) -> Iterator[dict[str, Any] | None]:
-    """Each JSON file's record (None for one that is not a JSON object)."""
+    """Each JSON file's record (None for one that is not a JSON object, or cannot be read: one damaged file
+    does not keep the others out)."""
     if path.is_dir():
         for root, _, files in os.walk(path):
             for name in sorted(files):
                 if name.endswith(".json"):
-                    yield _parse(Path(root, name).read_bytes())
+                    yield _read_file(Path(root, name))
         return
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if info.filename.endswith(".json") and not info.is_dir():
-                yield _parse(archive.read(info)) if info.file_size <= _MAX_RECORD else None
+                yield _read_member(archive, info)
+
+
+def _read_file(path: Path) -> dict[str, Any] | None:
+    try:
+        if path.stat().st_size > _MAX_RECORD:
+            return None
+        return _parse(path.read_bytes())
+    except OSError:  # removed or unreadable meanwhile: the next change is read again
+        return None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> dict[str, Any] | None:
+    if info.file_size > _MAX_RECORD:
+        return None
+    try:
+        return _parse(archive.read(info))
+    except _MEMBER_ERRORS:
+        return None
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return record if isinstance(record, dict) else None
 
@@ -125,6 +151,14 @@ class AdvisoryFeed:
         except (OSError, zipfile.BadZipFile) as exc:
             logger.warning(
                 "cache_block_advisories: cannot read %s (%s): keeping what was loaded", self.path, exc
+            )
+            return
+        except Exception as exc:  # whatever the files hold, answering goes on with what was loaded
+            logger.warning(
+                "cache_block_advisories: could not load %s (%s: %s): keeping what was loaded",
+                self.path,
+                type(exc).__name__,
+                exc,
             )
             return
         first = self.index is None

@@ -22,10 +22,11 @@ import re
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from cacheaddon import keys
 from cacheaddon.entry import Entry
 from cacheaddon.inventory import Item
 from cacheaddon.store import Store
@@ -48,6 +49,9 @@ class Created:
     entries: int
     bodies: int
     bytes: int
+    # Entries chosen by the value of a request field the response's Vary names: their record holds that
+    # value only as a digest salted with this cache's secret salt, so another cache never matches them.
+    cache_bound: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,16 +81,19 @@ class _Hashing(io.RawIOBase):
 def create(store: Store, chosen: list[Item], out: Path, progress: Progress | None = None) -> Created:
     """Writes the chosen entries and their bodies to `out`. Raises BundleError (nothing is left at `out`)."""
     sizes = {item.entry.sha256: item.entry.size for item in chosen}
+    records = [_portable(item.entry, store.salt) for item in chosen]
+    entries = [{"key": item.key, "record": r.to_record()} for item, r in zip(chosen, records, strict=True)]
     manifest = json.dumps(
         {
             "format": FORMAT,
             "version": VERSION,
             "created": time.time(),
-            "entries": [{"key": item.key, "record": item.entry.to_record()} for item in chosen],
+            "entries": entries,
             "bodies": sizes,
         },
         sort_keys=True,
     ).encode()
+    cache_bound = sum(1 for r in records if any(v != _UNSENT for _, v in r.vary))
     urls = {item.entry.sha256: item.url for item in chosen}
     partial = out.with_name(out.name + ".partial")
     try:
@@ -116,7 +123,19 @@ def create(store: Store, chosen: list[Item], out: Path, progress: Progress | Non
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return Created(len(chosen), len(sizes), sum(sizes.values()))
+    return Created(len(chosen), len(sizes), sum(sizes.values()), cache_bound)
+
+
+# The digest of a request field no client sent, unsalted: it tells nothing, and every cache matches it
+# (keys.vary_matches accepts unsalted digests).
+_UNSENT = keys.vary_digest("")
+
+
+def _portable(entry: Entry, salt: bytes) -> Entry:
+    """The entry as another cache can match it: Vary digests of fields the request did not send (a
+    registry's `Vary: Origin` to clients that send none) are made unsalted; others stay as they are."""
+    unsent = keys.vary_digest("", salt)
+    return replace(entry, vary=tuple((name, _UNSENT if v == unsent else v) for name, v in entry.vary))
 
 
 def _add(tar: tarfile.TarFile, name: str, length: int, data: IO[bytes] | _Hashing) -> None:
@@ -206,8 +225,9 @@ def _parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
             entries.append((key, entry))
     except BundleError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise BundleError(f"{path} has a damaged or foreign manifest ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        # OverflowError: a size of 1e999; RecursionError: JSON nested deeper than the parser goes.
+        raise BundleError(f"{path} has a damaged or foreign manifest ({type(exc).__name__}: {exc})") from None
     return {"entries": entries, "bodies": sizes}
 
 

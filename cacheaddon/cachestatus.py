@@ -17,13 +17,11 @@ from __future__ import annotations
 from cacheaddon.policy import Outcome
 
 NAME = "cacheaddon"
-# Details of answers that were stored (service.py's reasons for a fetched, storable answer).
-_STORED = frozenset({"miss", "refreshed: entry was stale", "revalidated: 304"})
 # STALE answers given without asking the upstream.
 _NOT_FORWARDED_STALE = frozenset({"stale: offline mode", "stale: upstream failing recently"})
 
 
-def value(outcome: Outcome, detail: str) -> str:
+def value(outcome: Outcome, detail: str, stored: bool = False) -> str:
     params: list[str] = []
     # What comes after "; " is a note on the answer (an answer negotiated from another Accept's, a document
     # the guard filtered), not how it was had.
@@ -41,7 +39,7 @@ def value(outcome: Outcome, detail: str) -> str:
         forwarded = _miss_forward(detail)
         if forwarded is not None:
             params.append(f"fwd={forwarded}")
-    if reason in _STORED:
+    if stored or outcome is Outcome.REVALIDATED:
         params.append("stored")
     params.append(f"detail={_sf_string(detail)}")
     return "; ".join([NAME, *params])

@@ -83,6 +83,12 @@ def create(out: Output, store: Store, record: Path | None, target: Path, since: 
     chosen, note = _chosen(store, record, since)
     with out.progress(sum(i.entry.size for i in chosen), "bundling") as advance:
         result = bundle.create(store, chosen, target, advance)
+    if result.cache_bound:
+        bound = (
+            f"{result.cache_bound} entries vary on a request field's value (Vary), which this cache keeps "
+            "only as a salted digest: another cache will not match them"
+        )
+        note = "; ".join(n for n in (note, bound) if n)
     if out.as_json:
         out.json(
             {

@@ -49,9 +49,16 @@ def summary(totals: c.Totals, top: int) -> dict[str, Any]:
     failures: dict[tuple[str, str], int] = {}
     scalars = dict.fromkeys((c.UPSTREAM_BYTES, c.INTEGRITY, c.EVICTIONS, c.EVICTED_BYTES, c.INTERRUPTED), 0)
     cache_bytes = 0
+    guard: dict[str, dict[tuple[str, str], int]] = {c.GUARD_REFUSALS: {}, c.GUARD_HIDDEN: {}}
+    guard_scalars = dict.fromkeys((c.GUARD_FILTERED, c.GUARD_UNDATED), 0)
     for (name, labels), value in totals.items():
         tags, n = dict(labels), int(value)
-        if name == c.ANSWERS:
+        if name in guard:
+            key = (tags["ecosystem"], tags["reason"])
+            guard[name][key] = guard[name].get(key, 0) + n
+        elif name in guard_scalars:
+            guard_scalars[name] += n
+        elif name == c.ANSWERS:
             answers[tags["outcome"]] = answers.get(tags["outcome"], 0) + n
             hosts.setdefault(tags["host"], {"answers": 0, "cache_bytes": 0})["answers"] += n
         elif name == c.CACHE_BYTES:
@@ -83,7 +90,20 @@ def summary(totals: c.Totals, top: int) -> dict[str, Any]:
         "evictions": scalars[c.EVICTIONS],
         "evicted_bytes": scalars[c.EVICTED_BYTES],
         "interrupted": scalars[c.INTERRUPTED],
+        "guard": {
+            "refused_downloads": _by_reason(guard[c.GUARD_REFUSALS]),
+            "hidden_versions": _by_reason(guard[c.GUARD_HIDDEN]),
+            "filtered_documents": guard_scalars[c.GUARD_FILTERED],
+            "undated_versions": guard_scalars[c.GUARD_UNDATED],
+        },
     }
+
+
+def _by_reason(counts: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    return [
+        {"ecosystem": eco, "reason": reason, "count": n}
+        for (eco, reason), n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+    ]
 
 
 def stats(out: Output, store: Store, config: Settings, since: float | None, top: int) -> int:
@@ -126,6 +146,17 @@ def stats(out: Output, store: Store, config: Settings, since: float | None, top:
     ]
     if extra:
         out.line("; ".join(extra))
+    guard = report["guard"]
+    if guard["refused_downloads"] or guard["filtered_documents"] or guard["undated_versions"]:
+        hidden = sum(r["count"] for r in guard["hidden_versions"])
+        out.line(
+            f"supply-chain guard: {hidden} versions hidden from {guard['filtered_documents']} documents; "
+            f"{guard['undated_versions']} versions without a publish time let through"
+        )
+        rows = [["refused", r["ecosystem"], r["reason"], str(r["count"])] for r in guard["refused_downloads"]]
+        rows += [["hidden", r["ecosystem"], r["reason"], str(r["count"])] for r in guard["hidden_versions"]]
+        if rows:
+            out.table(["guard", "ecosystem", "reason", ">count"], rows, "supply-chain guard")
     return 0
 
 
@@ -168,6 +199,9 @@ def ls(out: Output, store: Store, config: Settings, now: float, pattern: str | N
 
 
 def _check_purge_usage(args: argparse.Namespace) -> None:
+    if args.pattern is not None and not args.pattern.strip():
+        # An empty "$VAR" matches every URL: it must not remove everything without --all's question.
+        raise UsageError("PATTERN: empty (it would match every entry; --all removes all, asking first)")
     filters = args.pattern is not None or args.older_than is not None or args.stale
     if args.all and filters:
         raise UsageError("--all: cannot be combined with PATTERN, --older-than or --stale")
@@ -201,6 +235,8 @@ def purge(out: Output, store: Store, config: Settings, now: float, args: argpars
 
 
 def refresh(out: Output, store: Store, config: Settings, now: float, target: str) -> int:
+    if not target.strip():
+        raise UsageError("NAME|PATTERN: empty (it would match every entry)")
     found, _ = inventory.items(store)
     if any(ch in target for ch in "*?[") or "://" in target:
         chosen = inventory.select(found, config, now, target)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cacheaddon import settings
+from cacheaddon.counters import StatsError
 from cacheaddon.display import fail
 from cacheaddon.store import Store, StoreError
 
@@ -123,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError, and the units display.py parses: a bad argument
         fail(command, str(exc))
         return 2
-    except (StoreError, OSError) as exc:
+    except (StoreError, StatsError, OSError) as exc:
         fail(command, str(exc))
         return 1
     except KeyboardInterrupt:
@@ -166,6 +167,8 @@ def resolve_settings(cache_dir: str | None, options: Sequence[str]) -> settings.
 def open_store(config: settings.Settings, create: bool = False) -> Store:
     """The proxy's store. A directory that does not exist is an error (a typo must not look like an empty
     cache), unless `create`."""
+    if config.cache_dir.exists() and not config.cache_dir.is_dir():
+        raise OSError(f"cache_dir {config.cache_dir} is not a directory (see --cache-dir)")
     if not create and not config.cache_dir.is_dir():
         raise OSError(f"cache_dir {config.cache_dir} does not exist (see --cache-dir)")
     return Store(config.cache_dir, config.size_limit)

@@ -83,9 +83,13 @@ def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
     if args.cafile:
         if not Path(args.cafile).is_file():
             raise UsageError(f"--cafile: {args.cafile} is not a file")
+        if not _holds_certificates(Path(args.cafile)):
+            raise UsageError(f"--cafile: {args.cafile} holds no PEM certificate")
         return Path(args.cafile)
     confdir = Path(args.confdir).expanduser()
     if (confdir / ENV_BUNDLE).is_file():
+        if not _holds_certificates(confdir / ENV_BUNDLE):
+            raise OSError(f"{confdir / ENV_BUNDLE} holds no PEM certificate: run `cacheaddon env` again")
         return confdir / ENV_BUNDLE
     if not (confdir / CA_CERT).is_file():
         raise OSError(f"no {CA_CERT} in {confdir}: give --cafile, or --confdir of the running proxy")
@@ -96,22 +100,30 @@ def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
     return tmp / "bundle.pem"
 
 
+def _holds_certificates(path: Path) -> bool:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError):
+        return False
+    return True
+
+
 def _fetch(
     out: Output, downloads: list[lockfiles.Download], args: argparse.Namespace, bundle: Path
 ) -> list[prewarm.Fetched]:
     if not downloads:
         return []
     verify = ssl.create_default_context(cafile=str(bundle))
-    with out.progress(len(downloads), "files", in_bytes=False) as advance:
+    with out.files_progress(len(downloads), "files") as progress:
 
         def on_file(result: prewarm.Fetched) -> None:
-            advance(1)
+            progress.file()
             if not out.tty and not out.as_json:
                 state = "failed: " + result.error if result.error else ("cached" if result.cached else "new")
                 out.line(f"{state} {size(result.size)} {result.url}")
 
         return asyncio.run(
-            prewarm.fetch_all(downloads, args.proxy, verify, args.jobs, on_file, lambda n: None)
+            prewarm.fetch_all(downloads, args.proxy, verify, args.jobs, on_file, progress.bytes)
         )
 
 

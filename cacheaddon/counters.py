@@ -50,6 +50,19 @@ EVICTED_BYTES = "evicted_bytes"
 INTERRUPTED = "interrupted"  # outcome: answers whose client or upstream went away midway
 DURATION = "duration"  # outcome, le: observations in that bucket (not cumulative)
 DURATION_SUM = "duration_sum"  # outcome
+# The supply-chain guard (guard.py); ecosystem: pypi or npm, reason: young, advisory, missing, quarantined.
+GUARD_REFUSALS = "guard_refusals"  # reason, ecosystem: package downloads answered 403
+GUARD_HIDDEN = "guard_hidden_versions"  # reason, ecosystem: versions taken out of the metadata served
+GUARD_FILTERED = "guard_filtered_documents"  # ecosystem: metadata documents served filtered
+GUARD_UNDATED = "guard_undated_versions"  # ecosystem: versions let through without a known publish time
+
+
+# Label values that come from requests or upstreams (a cached host on any port, any name a *.domain pattern
+# admits, a failure's reason): each process keeps this many distinct values of each such label, and counts
+# the rest under OTHER, so that no client can grow stats.db and the metrics without bound.
+LABEL_LIMIT = 200
+BOUNDED_LABELS = ("host", "origin", "reason")
+OTHER = "other"
 
 
 def series(name: str, **labels: str) -> Series:
@@ -76,10 +89,22 @@ class Counters:
         self._thread: threading.Thread | None = None
         self._compacted = 0.0
         self._warned = False
+        self._seen: dict[str, set[str]] = {label: set() for label in BOUNDED_LABELS}  # under _lock
+
+    def _series(self, name: str, labels: dict[str, str]) -> Series:
+        """The series for these labels, request-made values bounded (LABEL_LIMIT); called under _lock."""
+        for label, seen in self._seen.items():
+            value = labels.get(label)
+            if value is not None and value not in seen:
+                if len(seen) < LABEL_LIMIT:
+                    seen.add(value)
+                else:
+                    labels[label] = OTHER
+        return series(name, **labels)
 
     def add(self, name: str, value: float = 1, **labels: str) -> None:
-        key = series(name, **labels)
         with self._lock:
+            key = self._series(name, labels)
             self._pending[key] = self._pending.get(key, 0) + value
 
     # what the fetch path, the store and the hooks report
@@ -110,8 +135,8 @@ class Counters:
     ) -> None:
         with self._lock:
             for key, value in (
-                (series(ANSWERS, outcome=outcome, ecosystem=ecosystem, host=host), 1.0),
-                (series(CACHE_BYTES, host=host), float(cache_bytes)),
+                (self._series(ANSWERS, {"outcome": outcome, "ecosystem": ecosystem, "host": host}), 1.0),
+                (self._series(CACHE_BYTES, {"host": host}), float(cache_bytes)),
                 (series(DURATION, outcome=outcome, le=duration_bucket(seconds)), 1.0),
                 (series(DURATION_SUM, outcome=outcome), seconds),
             ):
@@ -122,6 +147,11 @@ class Counters:
 
     def interrupted(self, outcome: str) -> None:
         self.add(INTERRUPTED, outcome=outcome)
+
+    def guarded(self, name: str, ecosystem: str, reason: str | None = None) -> None:
+        """One of the guard's GUARD_* events; ecosystem as the guard spells it (PyPI, npm)."""
+        labels = {"ecosystem": ecosystem.lower(), **({"reason": reason} if reason is not None else {})}
+        self.add(name, 1, **labels)
 
     # persistence
 
@@ -177,6 +207,10 @@ class Counters:
         return saved
 
 
+class StatsError(Exception):
+    """stats.db cannot be read (damaged, not a database, unreadable); str() names the file."""
+
+
 class StatsDB:
     """The counts table in DIR/stats.db, shared by every process on the directory."""
 
@@ -211,12 +245,15 @@ class StatsDB:
         """Counts summed over every bucket that starts at or after `since` (None: ever)."""
         if not self.path.exists():
             return {}
-        with self._connect() as con:
-            rows = con.execute(
-                "SELECT name, labels, SUM(value) FROM counts WHERE bucket >= ? GROUP BY name, labels",
-                (int(since or 0) // _MINUTE * _MINUTE,),
-            ).fetchall()
-        return {(name, tuple(sorted(json.loads(labels).items()))): value for name, labels, value in rows}
+        try:
+            with self._connect() as con:
+                rows = con.execute(
+                    "SELECT name, labels, SUM(value) FROM counts WHERE bucket >= ? GROUP BY name, labels",
+                    (int(since or 0) // _MINUTE * _MINUTE,),
+                ).fetchall()
+            return {(name, tuple(sorted(json.loads(labels).items()))): value for name, labels, value in rows}
+        except (sqlite3.Error, ValueError, AttributeError) as exc:  # AttributeError: labels not an object
+            raise StatsError(f"cannot read the counters in {self.path}: {exc}") from None
 
     def compact(self, now: float) -> None:
         with self._connect() as con:
@@ -244,35 +281,6 @@ _UPSERT = (
 
 
 # --- labels -------------------------------------------------------------------------------------------------
-
-# (kind, what the upstream failure's reason starts with). UpstreamFailure has no kind of its own yet; its
-# reasons are a closed set written in upstream.py and service.py.
-_FAILURE_KINDS = (
-    ("dns", "name resolution"),
-    ("tls", "TLS"),
-    ("refused", "connection refused"),
-    ("reset", "connection reset"),
-    ("truncated", "connection closed before"),
-    ("truncated", "body cut short"),
-    ("protocol", "protocol error"),
-    ("connect", "connection failed"),
-)
-
-
-def failure_kind(reason: str, timeout: bool = False) -> str:
-    """A short, bounded label for an upstream failure: timeout, dns, tls, refused, reset, truncated,
-    protocol, connect, http_5xx, http_429, other."""
-    if timeout:
-        return "timeout"
-    reason = reason.removeprefix("upstream ")
-    if reason.startswith("answered "):
-        code = reason.removeprefix("answered ").strip()
-        return "http_429" if code == "429" else "http_5xx"
-    for kind, prefix in _FAILURE_KINDS:
-        if reason.startswith(prefix):
-            return kind
-    return "other"
-
 
 def stale_reason(detail: str) -> str:
     """The reason a STALE answer gives (its X-Cache-Detail), with variable parts dropped: 'upstream timed

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -38,17 +39,20 @@ def parse_time(option: str, text: str, now: float) -> float:
     """A point in time: ISO 8601 ('2026-11-27', '2026-11-27T10:00', local time unless it names a zone),
     a Unix timestamp ('1764237600'), or a duration ago ('2h', '7d')."""
     text = text.strip()
-    if text.isdigit():
-        return float(text)
-    if _DURATION.fullmatch(text.lower()):
-        return now - parse_duration(option, text)
     try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
+        if text.isdigit():
+            moment = float(text)
+        elif _DURATION.fullmatch(text.lower()):
+            moment = now - parse_duration(option, text)
+        else:
+            moment = dt.datetime.fromisoformat(text).timestamp()
+        dt.datetime.fromtimestamp(moment)  # a time this machine's calendar holds (it is printed back)
+    except (ValueError, OverflowError, OSError):
         raise ValueError(
             f"{option}: {text!r} is not a time (ISO 8601 like 2026-11-27T10:00, a Unix timestamp, "
             "or a duration ago like 2h)"
         ) from None
+    return moment
 
 
 def size(n: float) -> str:
@@ -100,7 +104,8 @@ class Output:
             for name, is_right in zip(names, right, strict=True):
                 table.add_column(name, justify="right" if is_right else "left", overflow="fold")
             for row in rows:
-                table.add_row(*row)
+                # Text, not markup: a URL may hold "[/x]" (a MarkupError) or "[bold]" (rendered, not shown).
+                table.add_row(*(Text(cell) for cell in row))
             self.console.print(table)
             return
         if title:
@@ -111,16 +116,47 @@ class Output:
             self.stream.write("  ".join(cells).rstrip() + "\n")
 
     @contextmanager
-    def progress(self, total: int, what: str, in_bytes: bool = True) -> Iterator[Callable[[int], None]]:
+    def progress(self, total: int, what: str) -> Iterator[Callable[[int], None]]:
         """A progress bar on stderr when it is a terminal (and not --json); a no-op otherwise."""
         if self.as_json or not sys.stderr.isatty():
             yield lambda n: None
             return
-        count = DownloadColumn() if in_bytes else MofNCompleteColumn()
-        columns = (TextColumn(what), BarColumn(), count, TimeRemainingColumn())
+        columns = (TextColumn(what), BarColumn(), DownloadColumn(), TimeRemainingColumn())
         with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
             task = bar.add_task(what, total=total)
             yield lambda n: bar.advance(task, n)
+
+    @contextmanager
+    def files_progress(self, total: int, what: str) -> Iterator[FileProgress]:
+        """A progress bar of files (count) and the bytes they held, on stderr when it is a terminal."""
+        if self.as_json or not sys.stderr.isatty():
+            yield FileProgress()
+            return
+        columns = (
+            TextColumn(what),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[nbytes]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
+            yield FileProgress(bar, bar.add_task(what, total=total, nbytes=size(0)))
+
+
+class FileProgress:
+    """Counts files and their bytes (what `files_progress` yields)."""
+
+    def __init__(self, bar: Progress | None = None, task: Any = None) -> None:
+        self.bar, self.task, self.nbytes = bar, task, 0
+
+    def file(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, 1)
+
+    def bytes(self, n: int) -> None:
+        self.nbytes += n
+        if self.bar is not None:
+            self.bar.update(self.task, nbytes=size(self.nbytes))
 
 
 def fail(command: str, message: str) -> None:

@@ -17,7 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import conditional, keys, policy, responses, streaming
-from cacheaddon.counters import Counters, failure_kind
+from cacheaddon.counters import Counters
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -126,7 +126,7 @@ class Fetcher:
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
-            self._count_failure(origin, Failure(f"answered {fetched.status_code}"))
+            self._count_failure(origin, policy.answered(fetched.status_code))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -195,7 +195,7 @@ class Fetcher:
             pass
         finally:
             await fetched.aclose()
-        failure = Failure(f"answered {fetched.status_code}", status=fetched.status_code)
+        failure = policy.answered(fetched.status_code)
         detail = f"upstream {failure.reason}"
         fields = [*responses.live_headers(_fields(fetched)), *responses.cache_fields(Outcome.MISS, detail)]
         passed = responses.make(fetched.status_code, fetched.reason_phrase, fields, body[:_ERROR_BODY_LIMIT])
@@ -288,9 +288,9 @@ class Fetcher:
             stored = why_not is None and await self.ingest.commit(stored_key, new, body.data)
             land_stored(flight, new if stored else None, outcome, detail)
             if why_not is None and conditional.client_has_current(new, request):
-                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
+                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0), stored=stored)
             data = b"" if request.method == "HEAD" else body.data
-            fields = [*live, *responses.cache_fields(outcome, detail)]
+            fields = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
             response = responses.make(new.status, new.reason, fields, data)
             if request.method == "HEAD":  # the length of the body a GET would get, as the upstream said
                 length = fetched.headers.get("content-length")
@@ -298,17 +298,17 @@ class Fetcher:
                     response.headers["content-length"] = length
                 else:
                     del response.headers["content-length"]
-            return Reply(outcome, detail, response)
+            return Reply(outcome, detail, response, stored=stored)
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
-        if why_not is None:
-            stored = await self.ingest.commit(stored_key, new, body.path)
-        else:
-            stored = False
+        stored = why_not is None and await self.ingest.commit(stored_key, new, body.path)
+        if why_not is not None:
             await self._disk(self.store.discard, body.path)
         land_stored(flight, new if stored else None, outcome, detail)
-        served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
-        return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
+        served = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
+        served.append(("Content-Length", str(body.size)))
+        job = Job(new.status, new.reason, served, file=handle, length=body.size)
+        return Reply(outcome, detail, job=job, stored=stored)
 
     def _streamed(
         self,
@@ -322,7 +322,9 @@ class Fetcher:
         """Streams a large body to the client while it is written to the cache: stored only if whole. Joiners
         of the flight read the spool's file as it grows (streaming.py)."""
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
-        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason)]
+        # Said before the body arrives: stored once it has arrived whole.
+        stored = answer.why_not is None
+        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason, stored=stored)]
         length = expected_length(fetched)
         if length is not None:
             served.append(("Content-Length", str(length)))
@@ -358,7 +360,7 @@ class Fetcher:
         job = Job(
             fetched.status_code, fetched.reason_phrase, served, stream=pump.owner(), on_close=pump.owner_left
         )
-        return Reply(Outcome.MISS, answer.reason, job=job)
+        return Reply(Outcome.MISS, answer.reason, job=job, stored=stored)
 
 
     async def _chunks(self, fetched: httpx.Response, origin: str) -> AsyncIterator[bytes]:
@@ -369,7 +371,7 @@ class Fetcher:
             yield chunk
 
     def _count_failure(self, origin: str, failure: Failure) -> None:
-        self.counters.upstream_failed(origin, failure_kind(failure.reason, failure.timeout))
+        self.counters.upstream_failed(origin, failure.kind)
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

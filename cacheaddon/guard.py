@@ -15,13 +15,25 @@ import functools
 import hashlib
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
-from cacheaddon import advisoryfeed, conditional, documents, npmdocs, policy, pypidocs, responses, versions
+from cacheaddon import (
+    advisoryfeed,
+    cachestatus,
+    conditional,
+    documents,
+    npmdocs,
+    policy,
+    pypidocs,
+    responses,
+    versions,
+)
+from cacheaddon import counters as c
 from cacheaddon.advisoryfeed import AdvisoryFeed
+from cacheaddon.counters import Counters
 from cacheaddon.entry import Entry
 from cacheaddon.keys import RequestView, redact
 from cacheaddon.policy import Outcome
@@ -34,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds a PyPI project's status learned from its index page decides its file downloads.
 STATUS_TTL = 60.0
+# What the guard did with a version, as its log lines say it.
+_REFUSED, _HIDDEN, _LET_THROUGH = "refused a download:", "hid from metadata:", "let through:"
 _KNOWN_LIMIT = 1024  # packages remembered
 _LOGGED_LIMIT = 100_000  # (package, version, reason) lines logged once each, then the memory starts over
 # Not passed on for a document: it is answered whole, and the client's validators are checked against what
@@ -68,7 +82,7 @@ def build(settings: Settings, previous: Guard | None = None) -> Guard | None:
         feed = old if keep else AdvisoryFeed(*wanted)
     guard = Guard(settings, feed)
     if previous is not None:
-        guard.known, guard.index_bases, guard.counts = previous.known, previous.index_bases, previous.counts
+        guard.known, guard.index_bases = previous.known, previous.index_bases
     return guard
 
 
@@ -80,6 +94,11 @@ class Known:
 
 
 class Guard:
+    # Where refusals and filtered documents are counted, and where the sibling documents asked for are
+    # recorded (cache_record): the addon puts its observer's here (observe.py).
+    counters = Counters(None)
+    asked: Callable[[RequestView], None] = staticmethod(lambda view: None)
+
     def __init__(
         self, settings: Settings, feed: AdvisoryFeed | None = None, clock: Callable[[], float] = time.time
     ) -> None:
@@ -87,7 +106,6 @@ class Guard:
         self.known: OrderedDict[str, Known] = OrderedDict()
         # A PyPI files host -> the simple index its files are listed in (learned from the pages served).
         self.index_bases = {"https://files.pythonhosted.org": "https://pypi.org/simple/"}
-        self.counts: Counter[str] = Counter()
         self._logged: set[tuple[str, str, str, str, Reason]] = set()
 
     async def rules(self) -> Rules:
@@ -99,10 +117,10 @@ class Guard:
     async def answer(self, ask: Ask, request: RequestView, url: str, origin: str) -> Reply:
         """The cache's answer to a GET or HEAD (what `ask` gets) as the guard lets the client have it."""
         rules = await self.rules()
-        sibling = sibling_via(ask, request, url, self.clock)
+        sibling = sibling_via(ask, request, url, self.clock, self.asked)
         refusal = await self.refusal(url, rules, sibling)
         if refusal is not None:
-            self._record("refused a download:", refusal)
+            self._record(_REFUSED, refusal)
             detail = f"refused: {refusal.detail}"
             return Reply(Outcome.MISS, detail, responses.error(403, redact(url), detail))
         if policy.is_immutable(url, self.settings):
@@ -133,7 +151,8 @@ class Guard:
         base = self.index_bases.get(origin_of(url))
         if base is None:  # no index known to list this file: no dates or status to judge it by
             return rules.advised(versions.PYPI, project, version)
-        filename = path.rsplit("/", 1)[-1].removesuffix(versions.METADATA_SUFFIX)
+        # As the index documents name it (a client may have escaped characters of it: one cache key still).
+        filename = unquote(path.rsplit("/", 1)[-1]).removesuffix(versions.METADATA_SUFFIX)
         known = await self._known(f"{base}{project}/", filename, sibling, pypidocs.JSON_TYPE, STATUS_TTL)
         if known is not None and known.status == pypidocs.QUARANTINED:
             return quarantined(versions.PYPI, project, version)
@@ -142,7 +161,7 @@ class Guard:
 
     def _refused(self, ruling: Ruling | None) -> Ruling | None:
         if ruling is not None and not ruling.refused:
-            self._record("let through:", ruling)
+            self._record(_LET_THROUGH, ruling)
             return None
         return ruling
 
@@ -195,15 +214,20 @@ class Guard:
         if data is not None:
             screened = await self._screen(content_type, data, url, project, rules, sibling, when)
         if screened is None or screened.body is None:
-            return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, raw))
-        self.counts["documents filtered"] += 1
+            unchanged = responses.make(status, "OK", fields, raw)
+            return Reply(reply.outcome, reply.detail, unchanged, stored=reply.stored)
+        self.counters.guarded(c.GUARD_FILTERED, _ecosystem(content_type))
         for ruling in screened.removed:
-            self._record("hid from metadata:", ruling)
+            self._record(_HIDDEN, ruling)
         detail = "; ".join(d for d in (reply.detail, screened.summary(rules)) if d)
         digest = hashlib.sha256(rules.fingerprint().encode() + screened.body).hexdigest()
-        kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION]
-        kept += [("ETag", f'"guard-{digest[:32]}"'), *responses.cache_fields(reply.outcome, detail)]
-        return Reply(reply.outcome, detail, responses.make(200, "OK", kept, screened.body))
+        kept = [(k, v) for k, v in fields if k.lower() not in _REPRESENTATION and not _ours(k, v)]
+        kept += [
+            ("ETag", f'"guard-{digest[:32]}"'),
+            *responses.cache_fields(reply.outcome, detail, stored=reply.stored),
+        ]
+        filtered = responses.make(200, "OK", kept, screened.body)
+        return Reply(reply.outcome, detail, filtered, stored=reply.stored)
 
     async def _screen(
         self,
@@ -231,7 +255,7 @@ class Guard:
         else:
             return None
         for ruling in screened.noted:
-            self._record("let through:", ruling)
+            self._record(_LET_THROUGH, ruling)
         return screened
 
     async def _dated(
@@ -261,7 +285,11 @@ class Guard:
 
     def _record(self, action: str, ruling: Ruling) -> None:
         """Counts every one; logs each package, version and reason once."""
-        self.counts[f"{action.rstrip(':')} ({ruling.reason.value})"] += 1
+        if action == _LET_THROUGH:
+            self.counters.guarded(c.GUARD_UNDATED, ruling.ecosystem)
+        else:
+            name = c.GUARD_REFUSALS if action == _REFUSED else c.GUARD_HIDDEN
+            self.counters.guarded(name, ruling.ecosystem, ruling.reason.value)
         key = (action, ruling.ecosystem, ruling.name, ruling.version, ruling.reason)
         if key in self._logged:
             return
@@ -269,6 +297,17 @@ class Guard:
             self._logged.clear()
         self._logged.add(key)
         logger.log(logging.WARNING if ruling.refused else logging.INFO, "guard: %s %s", action, ruling.detail)
+
+
+def _ecosystem(content_type: str) -> str:
+    pypi = content_type == pypidocs.JSON_TYPE or content_type in pypidocs.HTML_TYPES
+    return versions.PYPI if pypi else versions.NPM
+
+
+def _ours(name: str, value: str) -> bool:
+    """The Cache-Status member the cache wrote (an upstream cache's stays): replaced with one for the new
+    detail."""
+    return name.lower() == "cache-status" and value.startswith(f"{cachestatus.NAME};")
 
 
 def _screenable(content_type: str, project: str | None) -> bool:

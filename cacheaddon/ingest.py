@@ -47,6 +47,7 @@ class Ingest:
         """Stores a complete body unless it contradicts the digest its index published; then remembers the
         digests an index document publishes for its files. Hashing and parsing run off the database thread.
         True when stored; share=False for what came from the shared tier."""
+        stored = False
         try:
             expected = await self._db(self.store.expected_digest, entry.url)
             if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
@@ -61,6 +62,7 @@ class Ingest:
                 return False
             doc = await self._disk(_document, entry, body)
             await self._db(self.store.commit, key, entry, body)
+            stored = True
             if isinstance(body, str):
                 await self._db(self.store.remember_verified, entry)
             if doc is not None:
@@ -72,7 +74,8 @@ class Ingest:
         except (StoreError, OSError) as exc:
             level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
             logger.warning("could not store %s (%s): %s", redact(entry.url), level, exc)
-            return False
+            if not stored:
+                return False
         if share and self.on_stored is not None:
             self.on_stored(key, entry, True)
         return True

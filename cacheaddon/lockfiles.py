@@ -45,8 +45,9 @@ def parse(path: Path) -> list[Download]:
         else:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
             found = pylock(doc) if which == "pylock" else uv_lock(doc)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ValueError(f"{path}: unreadable {which} lockfile ({exc})") from None
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        # RecursionError: nested deeper than the JSON or TOML parser goes.
+        raise ValueError(f"{path}: unreadable {which} lockfile ({type(exc).__name__}: {exc})") from None
     return list({d.url: d for d in found}.values())
 
 
@@ -85,14 +86,15 @@ def npm_lock(doc: dict[str, Any]) -> list[Download]:
                 add(meta)
         return found
 
-    def walk(deps: object) -> None:  # lockfileVersion 1
+    # lockfileVersion 1: dependencies nested in dependencies, walked without recursion (however deep).
+    pending = [doc.get("dependencies")]
+    while pending:
+        deps = pending.pop()
         if isinstance(deps, dict):
             for meta in deps.values():
                 add(meta)
                 if isinstance(meta, dict):
-                    walk(meta.get("dependencies"))
-
-    walk(doc.get("dependencies"))
+                    pending.append(meta.get("dependencies"))
     return found
 
 

@@ -84,6 +84,34 @@ def families(snapshot: Snapshot) -> Iterator[Metric]:
         "Answers cut short (client gone, upstream broke off midway).",
         ("outcome",),
     )
+    yield _counter(
+        t,
+        c.GUARD_REFUSALS,
+        "cacheaddon_guard_refusals",
+        "Package downloads the supply-chain guard refused (403), by reason and ecosystem.",
+        ("reason", "ecosystem"),
+    )
+    yield _counter(
+        t,
+        c.GUARD_HIDDEN,
+        "cacheaddon_guard_hidden_versions",
+        "Versions the supply-chain guard took out of the metadata it served, by reason and ecosystem.",
+        ("reason", "ecosystem"),
+    )
+    yield _counter(
+        t,
+        c.GUARD_FILTERED,
+        "cacheaddon_guard_filtered_documents",
+        "Metadata documents the supply-chain guard served filtered.",
+        ("ecosystem",),
+    )
+    yield _counter(
+        t,
+        c.GUARD_UNDATED,
+        "cacheaddon_guard_undated_versions",
+        "Versions let through without a known publish time (cache_release_age_missing=allow).",
+        ("ecosystem",),
+    )
     yield GaugeMetricFamily("cacheaddon_entries", "Cached responses (records).", value=snapshot.entries)
     yield GaugeMetricFamily(
         "cacheaddon_disk_bytes", "Size of the cache on disk (database and bodies).", value=snapshot.disk_bytes

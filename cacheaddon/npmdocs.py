@@ -26,7 +26,7 @@ def parse(data: bytes) -> dict[str, Any] | None:
     """A packument (an object with a versions object), else None."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     if isinstance(doc, dict) and isinstance(doc.get("versions"), dict) and isinstance(doc.get("name"), str):
         return doc
@@ -101,7 +101,7 @@ def _move_tags(doc: dict[str, Any], gone: set[str]) -> list[tuple[str, str, str 
         return []
     moved: list[tuple[str, str, str | None]] = []
     for tag, target in list(tags.items()):
-        if target not in gone:
+        if not isinstance(target, str) or target not in gone:  # a tag naming no version is left as it is
             continue
         new = versions.newest_at_most(versions.NPM, doc["versions"], str(target))
         if new is None:

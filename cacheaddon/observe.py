@@ -91,7 +91,7 @@ class Observer:
         try:
             snapshot = await loop.run_in_executor(self._pool, self._snapshot)
             body = metrics.exposition(snapshot)
-        except (StoreError, OSError) as exc:
+        except (StoreError, counters.StatsError, OSError) as exc:
             logger.warning("metrics unavailable: %s", exc)
             flow.response = responses.make(503, "Service Unavailable", [], f"{exc}\n".encode())
             return
@@ -129,11 +129,17 @@ class Observer:
             for name, value in flow.request.headers.items(multi=True):
                 fields.setdefault(name.lower(), []).append(value)
             joined = {name: ", ".join(values) for name, values in fields.items()}
-            view = keys.RequestView(flow.request.method, digests.canonical(url) or url, joined)
-            try:
-                self._pool.submit(self._record, view)
-            except RuntimeError:  # closed: the addon is being unloaded
-                pass
+            self.record(keys.RequestView(flow.request.method, digests.canonical(url) or url, joined))
+
+    def record(self, view: keys.RequestView) -> None:
+        """Records the entry that answers `view` while cache_record is set: a client's answer, or a document
+        the guard asked the cache for on a client's behalf (a replay needs it too)."""
+        if self.recorder is None:
+            return
+        try:
+            self._pool.submit(self._record, view)
+        except RuntimeError:  # closed: the addon is being unloaded
+            pass
 
     def interrupted(self, meta: dict[str, object]) -> None:
         outcome = meta.get("outcome")

@@ -89,7 +89,7 @@ async def _fetch(client: httpx.AsyncClient, download: Download, on_bytes: OnByte
                 digest.update(chunk)
                 result.size += len(chunk)
                 on_bytes(len(chunk))
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a lockfile's URL no client could ask
         result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return result
     if digest.hexdigest() != expected:

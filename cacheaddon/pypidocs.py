@@ -25,8 +25,11 @@ QUARANTINED = "quarantined"
 # A project page: .../simple/<project>/ (PyPI, devpi's +simple, Artifactory's .../simple/...).
 _PROJECT_PATH = re.compile(r"/\+?simple/([^/]+)/?$")
 # One link with what surrounds it on its line, so that a removed link leaves no blank line or stray <br>.
+# Its text ends at </a>, or where the next link or the page's end begins: an anchor left unclosed is still
+# a link to an HTML parser (pip's, uv's), and must neither hide the next one nor escape being judged.
 _ANCHOR = re.compile(
-    rb"""[ \t]*<a\b(?P<attrs>(?:[^>"']|"[^"]*"|'[^']*')*)>(?P<text>.*?)</a\s*>"""
+    rb"""[ \t]*<a\b(?P<attrs>(?:[^>"']|"[^"]*"|'[^']*')*)>"""
+    rb"""(?P<text>(?:(?!<a\b|</a\s*>|</body\b|</html\b).)*)(?:</a\s*>)?"""
     rb"""[ \t]*(?:<br\s*/?>)?[ \t]*(?:\r?\n)?""",
     re.I | re.S,
 )
@@ -44,7 +47,7 @@ def project_of(path: str) -> str | None:
 def parse_json(data: bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("files"), list) else None
 
@@ -101,7 +104,8 @@ def screen_json(data: bytes, project: str, rules: Rules) -> Screened:
     doc = parse_json(data)
     if doc is None:
         return Screened(None)
-    name = versions.normalize_name(versions.PYPI, str(doc.get("name") or project))
+    named = doc.get("name")
+    name = versions.normalize_name(versions.PYPI, named if isinstance(named, str) and named else project)
     status = json_status(doc)
     kept: list[Any] = []
     removed: list[Ruling] = []
@@ -147,13 +151,12 @@ def _remaining_versions(listed: list[Any], removed: list[Ruling], kept: list[Any
 
 
 def _anchor_filename(attrs: bytes, text: bytes) -> str:
-    """PEP 503: the link text is the file name; the URL's last segment where the text is empty."""
-    name = html.unescape(re.sub(rb"<[^>]*>", b"", text).decode("utf-8", "replace")).strip()
-    if name:
-        return name
+    """The file a link leads to: its URL's last segment, which is what pip and uv download and name the file
+    by (PEP 503 wants the link text to be the same; where the URL has none, the text)."""
     m = _HREF.search(attrs)
     href = html.unescape((m[1] or m[2] or m[3]).decode("utf-8", "replace")) if m else ""
-    return unquote(urlsplit(href).path.rsplit("/", 1)[-1])
+    name = unquote(urlsplit(href).path.rsplit("/", 1)[-1])
+    return name or html.unescape(re.sub(rb"<[^>]*>", b"", text).decode("utf-8", "replace")).strip()
 
 
 def screen_html(data: bytes, project: str, rules: Rules, known: Dates | None) -> Screened:

@@ -80,7 +80,7 @@ def read(path: Path) -> tuple[list[Recorded], int]:
                 )
                 if item.get("v") != FORMAT_VERSION:
                     raise ValueError("unknown version")
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
                 bad += 1
                 continue
             found.setdefault(recorded.key, recorded)

@@ -42,9 +42,13 @@ def revalidated_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, s
     return tuple((k, v) for k, v in storable_headers(fields) if k.lower() not in _BODY_FIELDS)
 
 
-def cache_fields(outcome: Outcome, reason: str, age: int | None = None) -> list[tuple[str, str]]:
+def cache_fields(
+    outcome: Outcome, reason: str, age: int | None = None, stored: bool = False
+) -> list[tuple[str, str]]:
+    """stored: the upstream's answer was stored (or will be, once it arrived whole)."""
     fields = [("X-Cache", outcome.value), ("X-Cache-Detail", reason)]
-    fields.append(("Cache-Status", cachestatus.value(outcome, reason)))  # RFC 9211, after upstream caches'
+    # RFC 9211, after upstream caches'
+    fields.append(("Cache-Status", cachestatus.value(outcome, reason, stored)))
     if age is not None:
         fields.append(("Age", str(age)))
     return fields

@@ -39,10 +39,12 @@ def parse_time(text: object) -> float | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("z", "Z"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        # A time that cannot be told back in UTC (year 9999 at -14:00) is no publish time anyone meant.
+        dt.datetime.fromtimestamp(moment.timestamp(), dt.UTC)
+    except (ValueError, OverflowError, OSError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
 
 

@@ -52,16 +52,24 @@ def as_of(fields: list[tuple[str, str]], now: float) -> float:
     return now - int(age) if age is not None and age.isdigit() else now
 
 
-def sibling_via(ask: Ask, request: RequestView, url: str, clock: Callable[[], float]) -> Sibling:
+def sibling_via(
+    ask: Ask,
+    request: RequestView,
+    url: str,
+    clock: Callable[[], float],
+    asked: Callable[[RequestView], None] = lambda view: None,
+) -> Sibling:
     """Siblings of the document at `url` answered through the cache, with the client's credentials only
-    when they go to the origin the client sent them to."""
+    when they go to the origin the client sent them to; `asked` is told of each request made."""
     own = origin_of(url)
     credentials = {k: v for k, v in request.headers.items() if k in keys.CREDENTIAL_HEADERS}
 
     async def sibling(doc_url: str, accept: str) -> Fetched | None:
         origin = origin_of(doc_url)
         headers = {"accept": accept, "accept-encoding": "gzip", **(credentials if origin == own else {})}
-        reply = await ask(RequestView("GET", key_of(doc_url), headers), doc_url, origin)
+        view = RequestView("GET", key_of(doc_url), headers)
+        reply = await ask(view, doc_url, origin)
+        asked(view)
         status, fields = documents.status_fields(reply)
         if status != 200:
             await reply.discard()

@@ -25,35 +25,40 @@ _HTTPX_DEFAULTS = ("accept", "accept-encoding", "user-agent")
 
 
 class UpstreamFailure(Exception):
-    """The upstream could not give a complete answer; str() is the human reason ('connection refused')."""
+    """The upstream could not give a complete answer; str() is the human reason ('connection refused'), and
+    the failure's kind its label (policy.Failure.kind)."""
 
-    def __init__(self, reason: str, timeout: bool = False) -> None:
+    def __init__(self, reason: str, kind: str, timeout: bool = False) -> None:
         super().__init__(reason)
-        self.failure = Failure(reason, timeout)
+        self.failure = Failure(reason, timeout, kind=kind)
+
+
+def _timed_out(exc: BaseException | None = None) -> UpstreamFailure:
+    return UpstreamFailure("timed out", "timeout", timeout=True)
 
 
 def _tls(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"TLS failure ({getattr(exc, 'reason', None) or exc})")
+    return UpstreamFailure(f"TLS failure ({getattr(exc, 'reason', None) or exc})", "tls")
 
 
 def _protocol(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"protocol error ({exc})")
+    return UpstreamFailure(f"protocol error ({exc})", "protocol")
 
 
 def _connect(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"connection failed ({exc})")
+    return UpstreamFailure(f"connection failed ({exc})", "connect")
 
 
 # What each library exception means, most telling first: the whole chain of causes (__cause__, __context__)
 # is searched for each type in turn, so an OS error wrapped by httpcore and then httpx is still recognised.
 _FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException], UpstreamFailure]], ...] = (
-    (httpx.TimeoutException, lambda exc: UpstreamFailure("timed out", timeout=True)),
-    (TimeoutError, lambda exc: UpstreamFailure("timed out", timeout=True)),
-    (socket.gaierror, lambda exc: UpstreamFailure("name resolution failed")),
+    (httpx.TimeoutException, _timed_out),
+    (TimeoutError, _timed_out),
+    (socket.gaierror, lambda exc: UpstreamFailure("name resolution failed", "dns")),
     (ssl.SSLError, _tls),
-    (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused")),
-    (ConnectionResetError, lambda exc: UpstreamFailure("connection reset")),
-    (httpx.ProxyError, lambda exc: UpstreamFailure(f"parent proxy refused ({exc})")),
+    (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused", "refused")),
+    (ConnectionResetError, lambda exc: UpstreamFailure("connection reset", "reset")),
+    (httpx.ProxyError, lambda exc: UpstreamFailure(f"parent proxy refused ({exc})", "proxy")),
     (httpx.RemoteProtocolError, _protocol),
     (httpx.ConnectError, _connect),
 )
@@ -81,9 +86,10 @@ def classify(exc: BaseException, reading_body: bool = False) -> UpstreamFailure:
         if found is None:
             continue
         if reading_body and kind is httpx.RemoteProtocolError:
-            return UpstreamFailure(_CUT)
+            return UpstreamFailure(_CUT, "truncated")
         return failure(found)
-    return UpstreamFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    # The variable part in parentheses, as in the reasons above: what comes before is a short, fixed text.
+    return UpstreamFailure(f"{type(exc).__name__} ({exc})" if str(exc) else type(exc).__name__, "other")
 
 
 def tls_context(insecure: bool, cafile: str | None, capath: str | None) -> ssl.SSLContext | bool:
@@ -160,7 +166,7 @@ class UpstreamClient:
             async with asyncio.timeout(self._head_deadline):
                 return await self._client.send(request, stream=True)
         except TimeoutError:
-            raise UpstreamFailure("timed out", timeout=True) from None
+            raise _timed_out() from None
         except Exception as exc:  # every way an upstream can fail ends up here
             raise classify(exc) from exc
 
@@ -186,4 +192,4 @@ async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     finally:
         await response.aclose()
     if expected is not None and seen != expected:
-        raise UpstreamFailure(f"body cut short ({seen} of {expected} bytes)")
+        raise UpstreamFailure(f"body cut short ({seen} of {expected} bytes)", "truncated")

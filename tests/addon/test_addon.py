@@ -25,7 +25,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import keys, policy, settings, startup
+from cacheaddon import cli_inventory, counters, keys, policy, settings, startup
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
 
@@ -745,6 +745,14 @@ def test_the_guard_filters_a_cached_packument_and_refuses_the_young_tarball(harn
     assert f.response.headers["ETag"] != '"up"'
     assert tarball.response is not None and tarball.response.status_code == 403
     assert b"kilo 2.0.0 was published" in (tarball.response.content or b"")
+    # Counted where every process on the cache directory adds up (done() flushed them), for stats and metrics.
+    totals = counters.StatsDB(harness.cache_dir).totals()
+    assert totals[counters.series(counters.GUARD_REFUSALS, reason="young", ecosystem="npm")] == 1
+    assert totals[counters.series(counters.GUARD_HIDDEN, reason="young", ecosystem="npm")] == 1
+    assert totals[counters.series(counters.GUARD_FILTERED, ecosystem="npm")] == 1
+    stats = cli_inventory.summary(totals, top=5)["guard"]
+    assert stats["refused_downloads"] == [{"ecosystem": "npm", "reason": "young", "count": 1}]
+    assert (stats["filtered_documents"], stats["undated_versions"]) == (1, 0)
 
 
 def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:

@@ -3,7 +3,10 @@ shared bodies, refresh that loses no race, verify, bundles, and the counters' ev
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
+import json
 import os
 import tarfile
 import time
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cacheaddon import bundle, inventory, leases
+from cacheaddon import bundle, inventory, keys, leases, recording
 from cacheaddon.entry import Entry
 from cacheaddon.settings import defaults, from_options
 from cacheaddon.store import Store
@@ -203,3 +206,62 @@ def test_evictions_and_integrity_failures_reach_the_counters(tmp_path: Path) -> 
         assert failures == ["body"]
     finally:
         small.close()
+
+
+_HEAD = b'{"format": "cacheaddon-bundle", "version": 1, '
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        _HEAD + b'"entries": [], "bodies": {"' + b"a" * 64 + b'": 1e999}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        _HEAD + b'"entries": [{"key": "k", "record": 5}], "bodies": {}}',
+    ],
+)
+def test_a_foreign_manifest_is_refused_with_one_message(
+    tmp_path: Path, store: Store, manifest: bytes
+) -> None:
+    path = tmp_path / "foreign.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(bundle.MANIFEST)
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest))
+    with pytest.raises(bundle.BundleError, match="damaged or foreign manifest"):
+        bundle.import_bundle(store, path)
+    assert store.record_count() == 0
+
+
+def test_record_lines_no_parser_can_take_are_skipped(tmp_path: Path) -> None:
+    record = tmp_path / "build.record"
+    good = {"v": 1, "key": "k", "url": "https://x/", "status": 200, "size": 1, "sha256": "0" * 64, "at": 1.0}
+    lines = [json.dumps(good), json.dumps({**good, "key": "k2", "size": 1e999}), "[" * 100_000]
+    record.write_text("\n".join(lines) + "\n")
+    found, bad = recording.read(record)
+    assert [r.key for r in found] == ["k"] and bad == 2
+
+
+def test_an_entry_chosen_by_an_unsent_vary_field_matches_in_the_cache_it_is_imported_into(
+    tmp_path: Path, store: Store
+) -> None:
+    """A registry that sends `Vary: Origin` (S3, CloudFront) to clients that send no Origin: the record holds
+    the digest of "" salted with this cache's salt, which the other cache's salt would never match, and
+    the offline build would miss. A field the client did send cannot be carried, and is said so."""
+    url, body = "https://static.example/crates/a/a-1.0.crate", b"crate"
+    unsent = dataclasses.replace(_entry(url, body), vary=(("origin", keys.vary_digest("", store.salt)),))
+    sent = dataclasses.replace(
+        _entry(url + "?x", body), vary=(("user-agent", keys.vary_digest("pip/24", store.salt)),)
+    )
+    store.commit(f"{url}\naccept=*/*\nany-coding", unsent, body)
+    store.commit(f"{url}?x\naccept=*/*\nany-coding", sent, body)
+    out = tmp_path / "b.tar"
+    created = bundle.create(store, inventory.items(store)[0], out)
+    target = Store(tmp_path / "target", 1 << 30)
+    try:
+        bundle.import_bundle(target, out)
+        imported = target.get(f"{url}\naccept=*/*\nany-coding")
+        assert imported is not None
+        assert keys.vary_matches(imported, keys.RequestView("GET", url, {"accept": "*/*"}), target.salt)
+    finally:
+        target.close()
+    assert created.cache_bound == 1

@@ -16,6 +16,13 @@ from cacheaddon.advisoryfeed import AdvisoryFeed
 from cacheaddon.versions import NPM, PYPI
 
 
+@pytest.fixture(autouse=True)
+def checks_never_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check that took over _SLOW_CHECK seconds (a loaded machine) would space the next ones out, and a
+    # test expecting its change to be seen at once would fail by timing alone.
+    monkeypatch.setattr(advisoryfeed, "_SLOW_CHECK", float("inf"))
+
+
 def osv(ident: str, ecosystem: str, name: str, *listed: str) -> dict[str, Any]:
     return {
         "id": ident,
@@ -111,5 +118,43 @@ def test_an_unreadable_source_keeps_what_was_loaded(tmp_path: Path) -> None:
         assert (await feed.current()).advisory_for(NPM, "evil", "1.0.1") == "MAL-1"
         archive.unlink()
         assert (await feed.current()).advisory_for(NPM, "evil", "1.0.1") == "MAL-1"
+
+    asyncio.run(scenario())
+
+
+def test_a_damaged_member_of_a_zip_keeps_out_only_itself(tmp_path: Path) -> None:
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("MAL-1.json", json.dumps(osv("MAL-1", "npm", "evil", "1.0.1")) * 20)
+        zf.writestr("MAL-2.json", json.dumps(osv("MAL-2", "npm", "worse", "2.0.0")))
+    data = bytearray(archive.read_bytes())
+    start = data.index(b"MAL-1.json") + len("MAL-1.json") + 4  # into the first member's deflate stream
+    for i in range(start, start + 16):
+        data[i] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    index, _ = advisoryfeed.load(archive, include_all=False)
+    assert index.advisory_for(NPM, "worse", "2.0.0") == "MAL-2"
+    assert index.advisory_for(NPM, "evil", "1.0.1") is None and index.skipped == 1
+
+
+def test_files_no_parser_can_take_are_skipped(tmp_path: Path) -> None:
+    directory = tmp_path / "osv"
+    write(directory / "MAL-2.json", osv("MAL-2", "npm", "worse", "2.0.0"))
+    (directory / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    odd = [
+        {"id": "MAL-3", "affected": 5},
+        {"id": "MAL-4", "affected": [{"package": ["worse"], "versions": ["1.0.0"]}]},
+        {"id": "MAL-5", "affected": [{"package": {"ecosystem": "npm", "name": "worse"}, "versions": 5}]},
+        {"id": "MAL-6", "affected": [{"package": {"ecosystem": "npm", "name": "worse"}, "ranges": 5}]},
+        {"id": "GHSA-1", "aliases": 5},
+    ]
+    for record in odd:
+        write(directory / f"{record['id']}.json", record)
+
+    async def scenario() -> None:
+        feed = AdvisoryFeed(directory, include_all=True, interval=0)
+        index = await feed.current()
+        assert index.advisory_for(NPM, "worse", "2.0.0") == "MAL-2"
+        assert index.advisory_for(NPM, "worse", "1.0.0") is None
 
     asyncio.run(scenario())

@@ -10,28 +10,6 @@ from cacheaddon import counters as c
 
 
 @pytest.mark.parametrize(
-    ("reason", "timeout", "kind"),
-    [
-        ("timed out", True, "timeout"),
-        ("name resolution failed", False, "dns"),
-        ("TLS failure (CERTIFICATE_VERIFY_FAILED)", False, "tls"),
-        ("connection refused", False, "refused"),
-        ("connection reset", False, "reset"),
-        ("connection closed before the body was complete", False, "truncated"),
-        ("body cut short (10 of 20 bytes)", False, "truncated"),
-        ("answered 503", False, "http_5xx"),
-        ("answered 429", False, "http_429"),
-        ("upstream answered 502", False, "http_5xx"),
-        ("protocol error (bad)", False, "protocol"),
-        ("connection failed (x)", False, "connect"),
-        ("RuntimeError: what", False, "other"),
-    ],
-)
-def test_failure_kinds(reason: str, timeout: bool, kind: str) -> None:
-    assert c.failure_kind(reason, timeout) == kind
-
-
-@pytest.mark.parametrize(
     ("detail", "reason"),
     [
         ("stale: upstream connection refused", "upstream connection refused"),
@@ -118,3 +96,21 @@ def test_a_failed_flush_keeps_the_counts(tmp_path: Path) -> None:
     (tmp_path / "gone").mkdir()
     counters.flush()
     assert c.StatsDB(tmp_path / "gone").totals() == counters.totals()
+
+
+def test_label_values_from_requests_are_bounded() -> None:
+    """A client asking for a cached host on every port (or every name under a *.domain pattern) must not grow
+    the series without end: past LABEL_LIMIT distinct values, the rest are counted as 'other'."""
+    counters = c.Counters(None)
+    extra = 50
+    for port in range(1000, 1000 + c.LABEL_LIMIT + extra):
+        counters.answered("MISS", "pypi", f"pypi.org:{port}", 10, 0.01)
+        counters.upstream_failed(f"https://pypi.org:{port}", "refused")
+        counters.add(c.STALE, reason=f"upstream RuntimeError at {port}")
+    totals = counters.totals()
+    for name, label in ((c.ANSWERS, "host"), (c.UPSTREAM_FAILURES, "origin"), (c.STALE, "reason")):
+        values = [dict(labels)[label] for (n, labels), _ in totals.items() if n == name]
+        assert len(values) == c.LABEL_LIMIT + 1, name
+        assert totals[next(k for k in totals if k[0] == name and dict(k[1])[label] == c.OTHER)] == extra
+        assert sum(v for (n, _), v in totals.items() if n == name) == c.LABEL_LIMIT + extra
+    assert totals[c.series(c.ANSWERS, outcome="MISS", ecosystem="pypi", host="pypi.org:1000")] == 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cacheaddon import counters as c
 from cacheaddon import responses
 from cacheaddon import settings as options
 from cacheaddon.advisoryfeed import AdvisoryFeed
@@ -48,6 +49,7 @@ class Cache:
             return Reply(Outcome.MISS, "miss", responses.error(404, url, "not found"))
         content_type, body, fields = found
         headers = [("Content-Type", content_type), ("ETag", '"upstream"'), *fields]
+        headers.append(("Cache-Status", "upstream-cdn; hit"))  # a cache before ours
         headers += responses.cache_fields(Outcome.HIT, "fresh", 7)
         return Reply(Outcome.HIT, "fresh", responses.make(200, "OK", headers, body))
 
@@ -134,6 +136,8 @@ def test_a_filtered_document_has_validators_of_its_own_and_says_what_was_filtere
     assert headers["x-cache"] == "HIT" and headers["age"] == "7"
     assert headers["x-cache-detail"] == "fresh; filtered: 1 version younger than 3d, latest 2.0.0 -> 1.1.0"
     assert headers["content-length"] == str(len(reply.response.raw_content or b""))
+    statuses = [v for k, v in headers.items(multi=True) if k.lower() == "cache-status"]
+    assert statuses == ['upstream-cdn; hit', f'cacheaddon; hit; detail="{headers["x-cache-detail"]}"']
     other = ask(guard(cache_min_release_age="4d"), cache, f"{REG}/kilo", "application/json")
     assert other.response is not None and body(other) == doc
     assert other.response.headers["etag"] != headers["etag"]  # same bytes, other settings: other validator
@@ -278,6 +282,7 @@ def test_each_version_is_logged_once_and_everything_counted(
     cache: Cache, caplog: pytest.LogCaptureFixture
 ) -> None:
     g = guard()
+    g.counters = c.Counters(None)
     with caplog.at_level(logging.INFO, logger="cacheaddon.guard"):
         for _ in range(3):
             ask(g, cache, f"{REG}/kilo", "application/json")
@@ -285,6 +290,21 @@ def test_each_version_is_logged_once_and_everything_counted(
     lines = [r.getMessage() for r in caplog.records]
     assert len([line for line in lines if "hid from metadata" in line and "kilo 2.0.0" in line]) == 1
     assert len([line for line in lines if "refused a download" in line and "kilo 2.0.0" in line]) == 1
-    assert g.counts["documents filtered"] == 3
-    assert g.counts["refused a download (young)"] == 3
-    assert g.counts["hid from metadata (young)"] == 3
+    totals = g.counters.totals()
+    assert totals[c.series(c.GUARD_FILTERED, ecosystem="npm")] == 3
+    assert totals[c.series(c.GUARD_REFUSALS, ecosystem="npm", reason="young")] == 3
+    assert totals[c.series(c.GUARD_HIDDEN, ecosystem="npm", reason="young")] == 3
+
+
+def test_a_file_asked_for_with_escaped_characters_is_judged_by_its_name(cache: Cache) -> None:
+    """One cache key for both spellings, so one judgement: the young file is known by its index's date,
+    even when the page was fetched long enough ago that an unlisted file would pass as undated."""
+    cache.put(f"{PYPI}/simple/alpha/", PYPI_JSON, PYPI_JSON, pypi_page(), ("Age", str(int(5 * DAY))))
+    g = guard()
+    assert ask(g, cache, f"{PYPI}/simple/alpha/", PYPI_JSON).response is not None
+    wheel = "alpha-2.0.0-py3-none-any"
+    for name in (f"{wheel}.whl", f"{wheel}%2Ewhl", f"{wheel.replace('-', '%2D', 1)}.whl"):
+        for suffix in ("", ".metadata", "%2Emetadata"):
+            refused = ask(g, cache, f"{FILES}/p/{name}{suffix}")
+            assert refused.response is not None and refused.response.status_code == 403, (name, suffix)
+            assert b"was published" in (refused.response.content or b"")

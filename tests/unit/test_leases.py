@@ -192,5 +192,5 @@ def test_leftovers_are_what_no_download_in_progress_needs(tmp_path: Path) -> Non
     path = leases.directory / "live.lease"
     os.utime(path, (later, later))  # renewed all along: its announcement, written once, stays needed
     found = sorted(p.name for p in leftovers(leases.directory, later))
-    assert found == ["gone.aaaa.partial", f"gone.{gone.holder.token}.head", "gone.lease"]
+    assert found == sorted(["gone.aaaa.partial", f"gone.{gone.holder.token}.head", "gone.lease"])
     assert leftovers(tmp_path / "no such directory", later) == []

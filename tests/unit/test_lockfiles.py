@@ -92,7 +92,14 @@ source = {{ editable = "." }}
 
 
 @pytest.mark.parametrize(
-    ("name", "content"), [("requirements.txt", "x"), ("package-lock.json", "{nope"), ("uv.lock", "[[[")]
+    ("name", "content"),
+    [
+        ("requirements.txt", "x"),
+        ("package-lock.json", "{nope"),
+        ("uv.lock", "[[["),
+        ("package-lock.json", "[" * 100_000 + "]" * 100_000),
+        ("pylock.toml", "x = " + "[" * 100_000 + "]" * 100_000),
+    ],
 )
 def test_bad_lockfiles_name_the_file(tmp_path: Path, name: str, content: str) -> None:
     path = tmp_path / name
@@ -105,3 +112,14 @@ def test_sri_picks_the_strongest() -> None:
     sha1 = "sha1-" + base64.b64encode(hashlib.sha1(DATA).digest()).decode()
     assert lockfiles.sri(f"{sha1} {SRI}") == f"sha512={SHA512.hexdigest()}"
     assert lockfiles.sri("md5-xxxx") is None
+
+
+def test_a_v1_lockfile_nested_deeper_than_any_recursion_is_read() -> None:
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(b"x").digest()).decode()
+    depth = 5000  # past Python's recursion limit
+    deps: dict[str, object] = {}
+    for i in range(depth):
+        meta = {"resolved": f"https://r.example/p{i}.tgz", "integrity": integrity, "dependencies": deps}
+        deps = {f"p{i}": meta}
+    found = lockfiles.npm_lock({"lockfileVersion": 1, "dependencies": deps})
+    assert len({d.url for d in found}) == depth

@@ -55,3 +55,20 @@ def test_empty_counters_still_expose_every_family() -> None:
     text = metrics.exposition(metrics.Snapshot({}, 0, 0)).decode()
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"cacheaddon_answers", "cacheaddon_entries", "cacheaddon_request_duration_seconds"} <= names
+
+
+def test_the_guards_counts_are_exported() -> None:
+    totals = {
+        c.series(c.GUARD_REFUSALS, reason="young", ecosystem="npm"): 2,
+        c.series(c.GUARD_REFUSALS, reason="advisory", ecosystem="pypi"): 1,
+        c.series(c.GUARD_HIDDEN, reason="young", ecosystem="npm"): 5,
+        c.series(c.GUARD_FILTERED, ecosystem="npm"): 4,
+        c.series(c.GUARD_UNDATED, ecosystem="pypi"): 3,
+    }
+    samples = _samples(metrics.Snapshot(totals, entries=0, disk_bytes=0))
+    young_npm = (("ecosystem", "npm"), ("reason", "young"))
+    assert samples[("cacheaddon_guard_refusals_total", young_npm)] == 2
+    assert samples[("cacheaddon_guard_refusals_total", (("ecosystem", "pypi"), ("reason", "advisory")))] == 1
+    assert samples[("cacheaddon_guard_hidden_versions_total", young_npm)] == 5
+    assert samples[("cacheaddon_guard_filtered_documents_total", (("ecosystem", "npm"),))] == 4
+    assert samples[("cacheaddon_guard_undated_versions_total", (("ecosystem", "pypi"),))] == 3

@@ -208,3 +208,25 @@ def test_packuments_stay_valid_and_never_offer_a_young_version(
         assert target in doc["versions"] or original["dist-tags"][tag] == target not in original["versions"]
     if not abbreviate:
         assert set(doc["time"]) - {"created", "modified"} <= set(doc["versions"])
+
+
+@pytest.mark.parametrize("odd", [{}, ["2.0.0"], 2, None])
+def test_a_dist_tag_naming_no_version_is_left_as_it_is(odd: object) -> None:
+    doc = json.loads(full({"1.0.0": NOW - 100 * DAY, "2.0.0": NOW - 60}))
+    doc["dist-tags"] = {"latest": "2.0.0", "odd": odd}
+    screened = npmdocs.screen(json.dumps(doc).encode(), rules())
+    assert screened.body is not None
+    assert json.loads(screened.body)["dist-tags"] == {"latest": "1.0.0", "odd": odd}
+
+
+def test_publish_times_no_calendar_can_hold_are_missing_ones() -> None:
+    doc = json.loads(full({"1.0.0": NOW - 100 * DAY, "2.0.0": NOW - 60}))
+    doc["time"]["2.0.0"] = "9999-12-31T23:59:59-14:00"
+    screened = npmdocs.screen(json.dumps(doc).encode(), rules(cache_release_age_missing="refuse"))
+    assert [(r.version, r.reason) for r in screened.removed] == [("2.0.0", Reason.MISSING)]
+
+
+def test_a_document_nested_deeper_than_the_parser_goes_is_no_packument() -> None:
+    deep = b'{"name": "kilo", "versions": {}, "dist-tags": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert npmdocs.parse(deep) is None
+    assert npmdocs.screen(deep, rules()).body is None

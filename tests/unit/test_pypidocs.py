@@ -9,6 +9,7 @@ import json
 import re
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -267,3 +268,43 @@ def test_html_pages_keep_their_links_intact_and_never_offer_a_young_file(
         if m:
             published = releases[m[1].decode()]
             assert published is None or not r.min_age or published <= r.cutoff
+
+
+def test_a_page_nested_deeper_than_the_parser_goes_is_left_alone() -> None:
+    deep = b'{"name": "alpha", "files": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert pypidocs.screen_json(deep, "alpha", rules()).body is None
+
+
+def test_a_page_whose_name_is_not_text_is_judged_under_its_url_s_name() -> None:
+    doc = json.loads(json_page({"1.0.0": NOW - 100 * DAY, "2.0.0": NOW - 60}))
+    doc["name"] = ["not", "a", "name"]
+    screened = pypidocs.screen_json(json.dumps(doc).encode(), "alpha", rules())
+    assert {r.name for r in screened.removed} == {"alpha"}
+
+
+def test_a_link_is_judged_by_the_file_its_url_leads_to() -> None:
+    """pip and uv take a link's file name from its URL, not from its text."""
+    young, old = "alpha-2.0.0-py3-none-any.whl", "alpha-1.0.0-py3-none-any.whl"
+    page = f'<a href="https://files.example/p/{young}#sha256=00">{old}</a>\n'.encode()
+    known = Dates({young: NOW - 60, old: NOW - 100 * DAY}, NOW)
+    screened = pypidocs.screen_html(page, "alpha", rules(), known)
+    assert screened.body == b"" and [r.version for r in screened.removed] == ["2.0.0"]
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        # the young link unclosed; the old one; the young one, at the page's end
+        "<a href='https://f/{young}'>{young}\n<a href='https://f/{old}'>{old}</a>\n",
+        "<a href='https://f/{old}'>{old}\n<a href='https://f/{young}'>{young}</a>\n</body>",
+        "<a href='https://f/{old}'>{old}</a>\n<a href='https://f/{young}'>{young}\n</body></html>",
+    ],
+)
+def test_an_unclosed_link_is_still_judged_and_hides_no_other(page: str) -> None:
+    """An HTML parser (pip's, uv's) sees a link in an anchor left unclosed: it is judged like any other, and
+    neither hides the young link after it nor takes the old one with it."""
+    young, old = "alpha-2.0.0-py3-none-any.whl", "alpha-1.0.0-py3-none-any.whl"
+    known = Dates({young: NOW - 60, old: NOW - 100 * DAY}, NOW)
+    screened = pypidocs.screen_html(page.format(young=young, old=old).encode(), "alpha", rules(), known)
+    assert screened.body is not None
+    assert young.encode() not in screened.body and old.encode() in screened.body

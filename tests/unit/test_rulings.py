@@ -31,6 +31,8 @@ def rules(**options: object) -> Rules:
         ("", None),
         (None, None),
         (12345, None),
+        ("9999-12-31T23:59:59-14:00", None),  # past year 9999 in UTC: no time to judge or to print
+        ("0001-01-01T00:00:00+14:00", None),  # before year 1 in UTC
     ],
 )
 def test_parse_time(text: object, expected: float | None) -> None:

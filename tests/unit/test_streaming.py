@@ -43,7 +43,7 @@ class Upstream:
         for offset in range(0, len(self.data), CHUNK):
             await asyncio.wait_for(self.gate.acquire(), 10)
             if self.fail_at is not None and offset >= self.fail_at:
-                raise UpstreamFailure("body cut short")
+                raise UpstreamFailure("body cut short", "truncated")
             self.sent += 1
             yield self.data[offset : offset + CHUNK]
 
