@@ -229,7 +229,13 @@ def test_a_revalidation_cut_midway_serves_every_waiter_the_stale_entry(
 
     route.data, route.etag, route.cut = pattern_bytes(SIZE, 5), '"v2"', SIZE // 2
     results = run_together([proxy], url)
-    assert asked(origin, "/simple/stale-5m/") == 2, proxy.log_tail()
+    # A client the machine's load delays until the flight has failed is served stale at once from the
+    # back-off, which probes the origin once in the background: one more request, not one per client.
+    late = sum("upstream failing recently" in result.detail for result in results)
+    expected = 2 + min(late, 1)
+    assert wait_for(lambda: asked(origin, "/simple/stale-5m/") >= expected, WAIT), proxy.log_tail()
+    assert asked(origin, "/simple/stale-5m/") == expected, proxy.log_tail()
+    assert late < len(results), "no client joined the revalidation"
     for result in results:
         assert result.error is None, f"{result.error!r}\n{proxy.log_tail()}"
         assert (result.status, result.x_cache) == (200, "STALE")
