@@ -15,9 +15,11 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,6 +33,17 @@ logger = logging.getLogger(__name__)
 
 _TMP = "tmp"
 _ORPHAN_AGE = 3600  # seconds; an older temporary file belongs to a writer that died
+# diskcache's own read (Cache.get) is a write transaction under its least-recently-used policy (it records
+# the access time), so every hit took SQLite's write lock and processes sharing a directory queued on it.
+# Our reads are plain SELECTs (diskcache's fast path); the access times they would record are kept in memory
+# and written in one transaction before the next store, or after ACCESS_FLUSH seconds (flush_access), so
+# eviction still takes the least recently used rows first.
+_SELECT = (
+    "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
+_TOUCH = "UPDATE Cache SET access_time = MAX(access_time, ?) WHERE key = ? AND raw = 1"
+ACCESS_FLUSH = 30.0  # seconds
 
 
 class StoreError(Exception):
@@ -116,9 +129,14 @@ class Store:
             raise _wrap(exc, f"cannot open cache_dir {directory}") from exc
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
+        self._accessed: dict[str, float] = {}  # diskcache key -> when it was last read, not yet written
+        self._flushed = time.monotonic()
+        self._version_db: sqlite3.Connection | None = None
         self._remove_orphans()
 
     def close(self) -> None:
+        if self._version_db is not None:
+            self._version_db.close()
         self._cache.close()
 
     def _remove_orphans(self) -> None:
@@ -130,11 +148,73 @@ class Store:
             except OSError:
                 pass
 
+    # reads (no write transaction) and the access times they leave to write
+
+    def _read(self, key: str, read: bool = False) -> Any:
+        """diskcache's Cache.get without its write: the value, an open file (read=True), or None."""
+        rows = self._cache._sql(_SELECT, (key, time.time())).fetchall()
+        if not rows:
+            return None
+        ((mode, filename, value),) = rows
+        try:
+            found = self._cache.disk.fetch(mode, filename, value, read)
+        except OSError:  # its file vanished (diskcache's get answers None too)
+            return None
+        with self._lock:
+            self._accessed[key] = time.time()
+        return found
+
+    def note_access(self, keys: tuple[str, ...], sha256: str) -> None:
+        """Records that the records under `keys` and their body were just used (for eviction), as reading
+        them does, without reading them."""
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                self._accessed["m " + key] = now
+            self._accessed["b " + sha256] = now
+
+    def take_access_flush(self) -> bool:
+        """True (once per ACCESS_FLUSH seconds) when recorded access times wait to be written: the caller
+        then has flush_access run on the database thread."""
+        with self._lock:
+            if not self._accessed or time.monotonic() - self._flushed < ACCESS_FLUSH:
+                return False
+            self._flushed = time.monotonic()
+            return True
+
+    def flush_access(self) -> None:
+        """Writes the access times recorded since the last flush, in one transaction (never raises)."""
+        with self._lock:
+            pending, self._accessed = self._accessed, {}
+            self._flushed = time.monotonic()
+        if not pending:
+            return
+        try:
+            with self._cache.transact():
+                self._cache._con.executemany(_TOUCH, [(at, key) for key, at in pending.items()])
+        except Exception as exc:  # they only order eviction: never worth failing a store or a hit for
+            logger.warning("could not record when %d cache entries were used: %s", len(pending), exc)
+
+    def data_version(self) -> int | None:
+        """SQLite's data_version as a connection that never writes sees it: it changes whenever any other
+        connection (another thread's or another process's) commits, so a record read while it had a value is
+        still current while it keeps it. Cheap (shared memory; two non-blocking locks): meant for the event
+        loop's thread, the only caller. None when it cannot be read at once."""
+        try:
+            if self._version_db is None:
+                self._version_db = sqlite3.connect(
+                    self.directory / "cache.db", timeout=0, isolation_level=None, check_same_thread=False
+                )
+            row = self._version_db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0])
+
     # records
 
     def get(self, key: str) -> Entry | None:
         try:
-            raw = self._cache.get("m " + key)
+            raw = self._read("m " + key)
         except Exception as exc:
             raise _wrap(exc, "reading a record") from exc
         if raw is None:
@@ -163,7 +243,7 @@ class Store:
 
     def expected_digest(self, url: str) -> str | None:
         try:
-            value = self._cache.get("d " + url)
+            value = self._read("d " + url)
         except Exception as exc:
             raise _wrap(exc, "reading a digest") from exc
         return value if isinstance(value, str) else None
@@ -194,6 +274,7 @@ class Store:
 
     def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
         """Stores a complete body (bytes, or the path of a finished temporary file) and then its record."""
+        self.flush_access()  # before any eviction this store may cause
         try:
             if not self._cache.touch("b " + entry.sha256):
                 if isinstance(body, bytes):
@@ -216,15 +297,21 @@ class Store:
         value = self.open_body(entry)
         return None if value is None else self.check_body(entry, value, inline_limit)
 
-    def lookup(self, keys: tuple[str, ...], inline_limit: int) -> tuple[Entry | None, Body | BinaryIO | None]:
+    def lookup(
+        self, keys: tuple[str, ...], inline_limit: int, held: Callable[[str], bool] = lambda sha256: False
+    ) -> tuple[Entry | None, Body | BinaryIO | None | bool]:
         """The newest record found under `keys` and its body, in one trip to the database thread (the hit
         path): a checked Body when that is cheap (bytes from the database, or a large file already verified
         and unchanged: the relay hashes it again while sending), else the open file, for check_body in the
-        I/O pool."""
+        I/O pool; False (not read) when the caller holds the body already (`held(sha256)`)."""
         found = [e for e in map(self.get, keys) if e is not None]
         entry = max(found, key=lambda e: e.stored_at, default=None)
         if entry is None:
             return None, None
+        if held(entry.sha256):
+            with self._lock:
+                self._accessed["b " + entry.sha256] = time.time()
+            return entry, False
         value = self.open_body(entry)
         if value is None:
             return entry, None
@@ -242,7 +329,7 @@ class Store:
     def open_body(self, entry: Entry) -> bytes | BinaryIO | None:
         """The stored body as diskcache gives it (the database part of read_body: bytes or an open file)."""
         try:
-            value = self._cache.get("b " + entry.sha256, read=True)
+            value = self._read("b " + entry.sha256, read=True)
             if value is None:
                 # diskcache answers None when a body's file vanished but its row stayed; drop the row too, or
                 # the next commit would only touch it and the body could never be stored again.
