@@ -14,6 +14,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from cacheaddon import decoding, responses, rewrite
 from cacheaddon.keys import redact
+from cacheaddon.memo import Lru
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply
 from cacheaddon.settings import HostPattern
@@ -61,10 +62,16 @@ def client_base(flow: http.HTTPFlow, host_header: str | None) -> str:
 
 
 async def rewritten(
-    reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached, url: str
+    reply: Reply,
+    base: str,
+    endpoint_origin: rewrite.Origin,
+    cached: Cached,
+    url: str,
+    memo: Lru | None = None,
 ) -> Reply:
     """The reply as the endpoint serves it: links in index documents and redirect targets that point at a
-    cached host point back at the endpoint instead."""
+    cached host point back at the endpoint instead. memo: rewritten documents kept for the settings that
+    `cached` belongs to, by the stored document's sha256 (a hit on an index page rewrites nothing)."""
     status, fields = _status_fields(reply)
     if 300 <= status < 400:
         _relocate(reply, base, endpoint_origin, cached)
@@ -77,6 +84,11 @@ async def rewritten(
             "%s: document too large to rewrite (%d bytes): served as is", redact(url), reply.job.length
         )
         return reply
+    content_encoding = _field(fields, "content-encoding") or ""
+    known = (reply.sha256, content_encoding, base, endpoint_origin) if reply.sha256 else None
+    if known is not None and memo is not None and (done := memo.get(known)) is not None:
+        await reply.discard()
+        return _with_body(reply, status, fields, done)
     job = reply.job
     if job is not None and job.stream is not None:  # a miss streaming in: read it, up to the limit
         try:
@@ -97,15 +109,21 @@ async def rewritten(
     if body is None:
         detail = "document could not be read for rewriting"
         return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
-    content_encoding = _field(fields, "content-encoding") or ""
     new_body = await asyncio.to_thread(
         _decode_and_rewrite, body, content_encoding, base, endpoint_origin, cached
     )
     if new_body is None:
         logger.warning("%s: document could not be decoded for rewriting: served as is", redact(url))
         return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
-    # Sent unencoded, whole (a range of the original would not be a range of this) and with the ETag of the
-    # upstream's document, which is what the client's conditional requests are answered against.
+    if known is not None and memo is not None:
+        memo.put(known, new_body)
+    return _with_body(reply, status, fields, new_body)
+
+
+def _with_body(reply: Reply, status: int, fields: list[tuple[str, str]], new_body: bytes) -> Reply:
+    """The reply with its document rewritten: sent unencoded, whole (a range of the original would not be a
+    range of this) and with the ETag of the upstream's document, which is what the client's conditional
+    requests are answered against."""
     kept = [
         (k, v) for k, v in fields if k.lower() not in ("content-encoding", "content-length", "accept-ranges")
     ]

@@ -19,6 +19,7 @@ class Reply:
     detail: str
     response: http.Response | None = None
     job: Job | None = None
+    sha256: str | None = None  # of the stored body it sends whole, unchanged (what memos of it are keyed by)
 
     async def discard(self) -> None:
         """Releases what an unused reply holds: its open file, or its upstream stream."""

@@ -61,6 +61,17 @@ class Body:
     data: bytes | None
     file: BinaryIO | None
     size: int
+    source: FileStamp | None = None  # the file the data was read from, as it was then
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file as it was when read: any write to it changes its size or mtime (or, replaced, its inode)."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
 
 
 class _Complete:
@@ -358,8 +369,11 @@ class Store:
             if entry.size <= inline_limit:
                 # Read into memory anyway, so hashing it always costs little: no trust in earlier checks.
                 with value:
+                    st = os.fstat(value.fileno())
                     data = value.read()
-                return self.check_body(entry, data, inline_limit)
+                body = self.check_body(entry, data, inline_limit)
+                source = FileStamp(str(value.name), st.st_ino, st.st_size, st.st_mtime_ns)
+                return None if body is None else Body(data, None, len(data), source)
             ok = self._verify_file(value, entry)
         except OSError as exc:
             value.close()
@@ -372,6 +386,14 @@ class Store:
         # Larger files are trusted from an earlier check only until they are sent: the relay hashes them on
         # the way and cuts the download short if they no longer match.
         return Body(None, value, entry.size)
+
+    def unchanged(self, source: FileStamp) -> bool:
+        """Whether a file is still as it was when read (a stat: metadata, from the kernel's cache)."""
+        try:
+            st = os.stat(source.path)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (source.inode, source.size, source.mtime_ns)
 
     def verify_whole(self, entry: Entry, handle: BinaryIO) -> bool:
         """Hashes the whole file now, whatever earlier checks said (a byte range is cut from a file, so the
