@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 REWRITE_LIMIT = 128 * 1024 * 1024
 _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _RELOCATING = ("location", "content-location")
+_NOT_KEPT = ("content-encoding", "content-length", "accept-ranges")  # of a document sent rewritten
 
 Cached = Callable[[str, int], bool]
 
@@ -124,9 +125,14 @@ def _with_body(reply: Reply, status: int, fields: list[tuple[str, str]], new_bod
     """The reply with its document rewritten: sent unencoded, whole (a range of the original would not be a
     range of this) and with the ETag of the upstream's document, which is what the client's conditional
     requests are answered against."""
-    kept = [
-        (k, v) for k, v in fields if k.lower() not in ("content-encoding", "content-length", "accept-ranges")
-    ]
+    if reply.response is not None:  # a hit from memory: its response changes body, not built again
+        response = reply.response
+        for name in _NOT_KEPT:
+            response.headers.pop(name, None)
+        response.headers["content-length"] = str(len(new_body))
+        response.raw_content = new_body
+        return Reply(reply.outcome, reply.detail, response)
+    kept = [(k, v) for k, v in fields if k.lower() not in _NOT_KEPT]
     return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
 
 
