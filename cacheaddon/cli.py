@@ -219,6 +219,7 @@ def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> t
                 sys.exit(1)
             # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
             leanaddons.prune(self.addons, self.options)
+            leanaddons.drop_legacy_log_events(self)
             await super().run()
 
     return CacheMaster
