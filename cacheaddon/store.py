@@ -44,6 +44,9 @@ _SELECT = (
 )
 _TOUCH = "UPDATE Cache SET access_time = MAX(access_time, ?) WHERE key = ? AND raw = 1"
 ACCESS_FLUSH = 30.0  # seconds
+# Body files up to this size are read and hashed by lookup() itself (a fraction of a millisecond, the GIL
+# released): most package files, answered in one trip to the database thread instead of two.
+_READ_IN_LOOKUP = 256 * 1024
 
 
 class StoreError(Exception):
@@ -312,9 +315,9 @@ class Store:
         self, keys: tuple[str, ...], inline_limit: int, held: Callable[[str], bool] = lambda sha256: False
     ) -> tuple[Entry | None, Body | BinaryIO | None | bool]:
         """The newest record found under `keys` and its body, in one trip to the database thread (the hit
-        path): a checked Body when that is cheap (bytes from the database, or a large file already verified
-        and unchanged: the relay hashes it again while sending), else the open file, for check_body in the
-        I/O pool; False (not read) when the caller holds the body already (`held(sha256)`)."""
+        path): a checked Body when that is cheap (bytes from the database, a small file, or a large file
+        already verified and unchanged: the relay hashes it again while sending), else the open file, for
+        check_body in the I/O pool; False (not read) when the caller holds the body already (`held`)."""
         found = [e for e in map(self.get, keys) if e is not None]
         entry = max(found, key=lambda e: e.stored_at, default=None)
         if entry is None:
@@ -326,7 +329,7 @@ class Store:
         value = self.open_body(entry)
         if value is None:
             return entry, None
-        if isinstance(value, bytes):
+        if isinstance(value, bytes) or entry.size <= _READ_IN_LOOKUP:
             return entry, self.check_body(entry, value, inline_limit)
         if entry.size > inline_limit and self._known_good(entry, value):
             return entry, Body(None, value, entry.size)
