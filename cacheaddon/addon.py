@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,12 +37,27 @@ from mitmproxy import connection, ctx, dns, exceptions, http
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
-from cacheaddon import access, endpoint, gate, responses, rewrite, settings, tasks
+from cacheaddon import (
+    access,
+    endpoint,
+    fleet,
+    gate,
+    guard,
+    parent,
+    responses,
+    rewrite,
+    settings,
+    startup,
+    tasks,
+)
 from cacheaddon.health import HostHealth
+from cacheaddon.idle import IdleClients
 from cacheaddon.keys import redact
+from cacheaddon.observe import Observer
 from cacheaddon.policy import Outcome
 from cacheaddon.relay import Job, Relay
 from cacheaddon.service import CacheService
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Store, StoreError
 from cacheaddon.upstream import UpstreamClient, tls_context
 
@@ -50,6 +66,9 @@ logger = logging.getLogger(__name__)
 _META = "cacheaddon"  # flow.metadata key: {"url": original URL, "outcome": ..., "detail": ...}
 _UPSTREAM_OPTIONS = {
     "cache_upstream_timeout",
+    "cache_env_proxy",
+    "mode",
+    "upstream_auth",
     "ssl_insecure",
     "ssl_verify_upstream_trusted_ca",
     "ssl_verify_upstream_trusted_confdir",
@@ -62,11 +81,19 @@ _USER_KEEP_HOST = "_cacheaddon_user_keep_host_header"
 
 
 class CacheAddon:
-    def __init__(self) -> None:
+    def __init__(self, stop_on_bad_options: bool = False) -> None:
+        # True for the instance `mitmdump -s` loads: a bad option value then stops the proxy (startup.py).
+        # `cacheaddon run` reports bad values itself, and tests want the OptionsError.
+        self.stop_on_bad_options = stop_on_bad_options
+        self.idle = IdleClients()
+        self.addons = [self.idle]  # mitmproxy calls a sub-addon's hooks too
         self.settings: settings.Settings | None = None
         self.store: Store | None = None
         self.client: UpstreamClient | None = None
         self.service: CacheService | None = None
+        self.tier: SharedTier | None = None
+        self.guard: guard.Guard | None = None  # the supply-chain guard, when one of its options is set
+        self.observer: Observer | None = None
         self.relay = Relay()
         self.health = HostHealth()
         self.pools = (
@@ -84,15 +111,28 @@ class CacheAddon:
         self.relay.bind()
         for name, typespec, default, help_text in settings.OPTIONS:
             loader.add_option(name, typespec, default, help_text)
+        if self.stop_on_bad_options:
+            startup.apply_deferred(loader.master.options)
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as exc:
+            if self.stop_on_bad_options and not startup.is_running(ctx.master):
+                startup.stop(str(exc))
+            raise
+
+    def _configure(self, updated: set[str]) -> None:
         # Everything that can fail comes before any option is updated: an update re-enters configure, and
         # a failure there makes mitmproxy roll back, which re-enters it again, for ever.
         try:
             new = settings.from_options({name: getattr(ctx.options, name) for name in settings.OPTION_NAMES})
+            env = os.environ if new.env_proxy else None
+            parents = parent.routes(ctx.options.mode, getattr(ctx.options, "upstream_auth", None), env)
         except ValueError as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        new = dataclasses.replace(new, hosts=new.hosts + endpoint.origin_hosts(list(ctx.options.mode)))
+        modes = list(ctx.options.mode)
+        new = dataclasses.replace(new, hosts=new.hosts + endpoint.origin_hosts(modes), parents=parents)
         if self.service is None or updated & (set(settings.OPTION_NAMES) | _UPSTREAM_OPTIONS | {"mode"}):
             self._build(new, updated)
         self._force_options()
@@ -100,6 +140,10 @@ class CacheAddon:
     def _build(self, new: settings.Settings, updated: set[str]) -> None:
         """The store, the upstream client and the service for these settings (reusing what did not change)."""
         old = self.settings
+        try:
+            new_guard = guard.build(new, self.guard)
+        except ValueError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
         store = self.store
         if store is None or old is None or (old.cache_dir, old.size_limit) != (new.cache_dir, new.size_limit):
             try:
@@ -118,13 +162,19 @@ class CacheAddon:
                 if store is not self.store:
                     store.close()
                 raise exceptions.OptionsError(f"ssl_verify_upstream_trusted_ca: {exc}") from None
-            client = UpstreamClient(new.upstream_timeout, verify)
+            client = UpstreamClient(new.upstream_timeout, verify, new.parents)
         if self.store is not None and store is not self.store:
             self.store.close()
         if self.client is not None and client is not self.client:
             _close_later(self.client)
-        self.settings, self.store, self.client = new, store, client
-        self.service = CacheService(new, store, client, self.health, self.pools)
+        self.settings, self.store, self.client, self.guard = new, store, client, new_guard
+        self.idle.timeout = new.client_timeout
+        self.tier = fleet.tier_for(new, self.tier)
+        self.service = CacheService(new, store, client, self.health, self.pools, self.tier)
+        self.observer = Observer.update(self.observer, new, store)
+        self.service.fetcher.counters = self.observer.counters
+        if self.guard is not None:
+            self.guard.counters, self.guard.asked = self.observer.counters, self.observer.record
 
     def _force_options(self) -> None:
         """mitmproxy options the cache needs; each update re-enters configure, which then changes nothing."""
@@ -151,12 +201,19 @@ class CacheAddon:
     # unloads while running (an async one would fail there, and the relay would never serve).
 
     def running(self) -> None:
+        startup.mark_running(ctx.master)
         tasks.spawn(self.relay.start())
+        if self.service is not None and self.service.fleet is not None:
+            self.service.fleet.start()  # checks the shared tier, and says so in one log line
 
     def done(self) -> None:
         self.relay.close()
+        if self.tier is not None:
+            self.tier.close()
         if self.client is not None:
             _close_later(self.client)
+        if self.observer is not None:
+            self.observer.close()
         if self.store is not None:
             self.store.close()
         for pool in self.pools:
@@ -205,6 +262,8 @@ class CacheAddon:
         drops its body and answers 403: not a byte leaves the host."""
         if flow.response or flow.error or self.settings is None:
             return
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return  # answered in request, whatever cache_strict_hosts says of the proxy's own address
         req = flow.request
         for name in access.hop_fields(req.headers.get("connection", ""), self.strip_proxy_auth):
             req.headers.pop(name, None)
@@ -236,7 +295,9 @@ class CacheAddon:
             return
         if flow.request.stream:  # refused in requestheaders, or already streamed upstream: nothing to do
             return
-        self._apply(flow, await gate.handle(flow, self.settings, self.service))
+        if self.observer is not None and self.observer.is_metrics(flow, self.settings):
+            return await self.observer.serve_metrics(flow)
+        self._apply(flow, await gate.handle(flow, self.settings, self.service, self.guard))
 
     def _apply(self, flow: http.HTTPFlow, handled: gate.Handled) -> None:
         reply = handled.reply
@@ -279,6 +340,8 @@ class CacheAddon:
             req.raw_content = b""
         req.headers = http.Headers(fields)
         req.scheme, req.host, req.port, req.path = "http", "127.0.0.1", self.relay.port, "/" + token
+        if flow.server_conn.via is not None:  # --mode upstream: the relay is ours, never the parent's
+            flow.server_conn = connection.Server(address=("127.0.0.1", self.relay.port))
 
     def _unrelay(self, flow: http.HTTPFlow, meta: dict[str, Any]) -> None:
         """The flow as the client sent it, for logs and other addons; and the relay's job released if the
@@ -296,6 +359,9 @@ class CacheAddon:
             return
         if meta.get("relay"):
             flow.response.stream = True
+            # The client's request again now that the relay answers, before mitmproxy logs the flow
+            # (flow_detail): its log must show what the client asked, never our internal loopback request.
+            self._unrelay(flow, meta)
         elif "x-cache" not in flow.response.headers:  # passed through: say so before any byte streams
             for name, value in responses.cache_fields(meta["outcome"], meta["detail"]):
                 flow.response.headers[name] = value
@@ -319,6 +385,8 @@ class CacheAddon:
             size,
             redact(meta["url"]),
         )
+        if self.observer is not None:
+            self.observer.answered(flow, meta)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(_META)
@@ -328,6 +396,8 @@ class CacheAddon:
         if meta.get("refused"):
             return
         logger.warning("%s failed %s: %s", meta["outcome"].value, redact(meta["url"]), flow.error)
+        if self.observer is not None:
+            self.observer.interrupted(meta)
 
 
 def _close_later(client: UpstreamClient) -> None:
@@ -338,4 +408,5 @@ def _close_later(client: UpstreamClient) -> None:
     tasks.spawn(client.aclose())
 
 
-addons = [CacheAddon()]
+# mitmproxy's script loader runs this file as module __mitmproxy_script__.addon.
+addons = [CacheAddon(stop_on_bad_options=__name__.startswith("__mitmproxy_script__"))]

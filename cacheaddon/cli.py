@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import socket
 import ssl
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
+from urllib.parse import urlsplit
 
-from cacheaddon import clientconfig, leanaddons, registries, workers
+from cacheaddon import cli_ops, clientconfig, leanaddons, mitmca, registries, workers
 
 if TYPE_CHECKING:
     from mitmproxy.tools.dump import DumpMaster
 
 AddonFactory = Callable[[], object]
 
-DEFAULT_PROXY = clientconfig.DEFAULT_PROXY
-DEFAULT_CONFDIR = "~/.mitmproxy"  # mitmproxy's own default, so `env` finds the CA `run` created
-CA_CERT_NAME = "mitmproxy-ca-cert.pem"
+DEFAULT_CONFDIR = mitmca.DEFAULT_CONFDIR  # mitmproxy's own default, so `env` and `run` share one CA
 BUNDLE_NAME = "cacheaddon-ca-bundle.pem"
 
 _LAZY_REASON = (
@@ -41,6 +43,7 @@ def _fail(command: str, message: str) -> None:
 
 def _parser() -> _Parser:
     parser = _Parser(prog="cacheaddon", description="A caching proxy for package registries (mitmproxy).")
+    cli_ops.add_cache_dir(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -88,21 +91,37 @@ def _parser() -> _Parser:
     env = commands.add_parser("env", help="print shell lines that point clients at the proxy, for eval")
     env.add_argument(
         "--proxy",
-        default=DEFAULT_PROXY,
         metavar="URL",
-        help=f"the forward proxy's URL (default: {DEFAULT_PROXY})",
+        help="the forward proxy's URL (default: where `cacheaddon run` with the same confdir listens: "
+        "listen_host and listen_port of its config.yaml, else http://127.0.0.1:8080)",
+    )
+    env.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="settings",
+        metavar="confdir=DIR",
+        help="mitmproxy's confdir, spelled as for `cacheaddon run`; same as --confdir",
     )
     env.add_argument(
         "--confdir",
-        default=DEFAULT_CONFDIR,
         metavar="DIR",
-        help=f"mitmproxy's confdir, which holds its CA (default: {DEFAULT_CONFDIR})",
+        help=f"mitmproxy's confdir, which holds its CA; the CA is created there (with mitmproxy's own code) "
+        f"when there is none yet (default: {DEFAULT_CONFDIR})",
+    )
+    env.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="also wait up to SECONDS for the proxy to accept connections (exit 1 if it does not)",
     )
     env.add_argument(
         "--bundle",
         metavar="PATH",
         help=f"where to write the CA bundle, system CAs + mitmproxy's (default: DIR/{BUNDLE_NAME})",
     )
+    cli_ops.add_parsers(commands)
     return parser
 
 
@@ -113,14 +132,19 @@ def main(argv: list[str] | None = None, *, addon_factory: AddonFactory | None = 
         args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
         if args.command != "run" and rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "env":
+            args.confdir = _env_confdir(parser, args.confdir, args.settings)
     except SystemExit as e:  # --help, or a usage error already printed
         return _exit_status(e)
+    if args.command in cli_ops.COMMANDS:
+        return cli_ops.main(args)
     if args.command == "run":
-        return run_command(args, rest, addon_factory)
+        cache_dir = ["--set", f"cache_dir={args.cache_dir}"] if args.cache_dir else []
+        return run_command(args, [*cache_dir, *rest], addon_factory)
     try:
         if args.command == "config":
             return print_config(args.client, args.endpoint)
-        return write_env(args.proxy, Path(args.confdir).expanduser(), args.bundle)
+        return write_env(args.proxy, args.confdir, args.bundle, args.wait)
     except BrokenPipeError:
         # The reader left early (`| head`); without this, flushing stdout at exit prints a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -151,9 +175,8 @@ def run_command(args: argparse.Namespace, mitm_args: list[str], addon_factory: A
     if count > 1 and ready_fd is None:
         run_args = ["run", *(f"--registry={spec}" for spec in args.registry), *mitm_args]
         # The CA the workers will share: where they will look for it, as large as they would make it.
-        confdir = ([DEFAULT_CONFDIR] + _set_values(mitm_args, "confdir"))[-1]
-        key_size = ["2048"] + [v for v in _set_values(mitm_args, "key_size") if v.isdigit()]
-        return workers.supervise(count, run_args, str(Path(confdir).expanduser()), int(key_size[-1]))
+        confdir, key_size = _ca_settings(mitm_args)
+        return workers.supervise(count, run_args, str(confdir), key_size)
     return run_proxy(mitm_args, args.registry, addon_factory, ready_fd)
 
 
@@ -181,6 +204,14 @@ def _set_values(mitm_args: Sequence[str], name: str) -> list[str]:
     return [spec.partition("=")[2] for spec in specs if spec.partition("=")[0] == name]
 
 
+def _ca_settings(mitm_args: Sequence[str]) -> tuple[Path, int]:
+    """The confdir and key_size mitmproxy will use for its CA (the command line's; config.yaml lives in the
+    confdir and cannot move it)."""
+    confdir = Path(([DEFAULT_CONFDIR] + _set_values(mitm_args, "confdir"))[-1]).expanduser()
+    key_size = ["2048"] + [v for v in _set_values(mitm_args, "key_size") if v.isdigit()]
+    return confdir, int(key_size[-1])
+
+
 def _filter_options(args: Any) -> dict[str, str]:
     # What mitmproxy's own `mitmdump` entry point does with its positional filter expression.
     if args.filter_args:
@@ -193,12 +224,16 @@ def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> t
     from mitmproxy import exceptions, hooks
     from mitmproxy.tools.dump import DumpMaster
 
+    from cacheaddon import ports
+
     class CacheMaster(DumpMaster):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             # Set as values before the command line and config.yaml are read, so both can override them:
-            # a proxy for all interfaces would be an open proxy, and eager defeats the cache (checked below).
-            self.options.set("listen_host=127.0.0.1", "connection_strategy=lazy")
+            # a proxy for all interfaces would be an open proxy, and eager defeats the cache (checked below);
+            # the addon logs one line per request, so mitmproxy's own per-flow lines only on request
+            # (--set flow_detail=1..4, or -v).
+            self.options.set("listen_host=127.0.0.1", "connection_strategy=lazy", "flow_detail=0")
             self.cache_addon = addon_factory()
             # mitmproxy's AddonManager and OptManager.keys are unannotated: cast for mypy --strict.
             cast(Any, self.addons).add(self.cache_addon)
@@ -220,6 +255,15 @@ def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> t
             # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
             leanaddons.prune(self.addons, self.options)
             leanaddons.drop_legacy_log_events(self)
+            opts = cast(Any, self.options)
+            if opts.flow_detail == 0:
+                # mitmproxy's per-connection lines ("client connect") go with its per-flow ones.
+                logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
+            # Workers share their ports (SO_REUSEPORT): each would find them taken by the others.
+            worker = ready_fd is not None
+            if not worker and (busy := ports.busy_listener(opts.mode, opts.listen_host, opts.listen_port)):
+                _fail("run", busy)
+                sys.exit(1)
             await super().run()
 
     return CacheMaster
@@ -252,6 +296,12 @@ def run_proxy(
     if dupes := sorted({p for p in ports if ports.count(p) > 1}):
         _fail("run", f"--registry: port {', '.join(dupes)} given to more than one registry")
         return 2
+    confdir, key_size = _ca_settings(mitm_args)
+    try:
+        mitmca.ensure_ca(confdir, key_size)  # before mitmproxy would, under the lock `env` takes too
+    except OSError as e:
+        _fail("run", f"cannot create mitmproxy's CA in {confdir}: {e}")
+        return 1
     if addon_factory is None:
         try:
             from cacheaddon.addon import CacheAddon
@@ -285,6 +335,21 @@ def run_proxy(
 
 
 # --- env ---
+
+
+def _env_confdir(parser: _Parser, confdir: str | None, settings: Sequence[str]) -> Path:
+    """The confdir from --confdir or `--set confdir=DIR` (the spelling `run` takes); no other --set."""
+    values = []
+    for spec in settings:
+        name, sep, value = spec.partition("=")
+        if name != "confdir" or not sep:
+            parser.error(f"--set: only confdir=DIR is read by env, got {spec!r}")
+        values.append(value)
+    if confdir is not None:
+        values.append(confdir)
+    if len(set(values)) > 1:
+        parser.error(f"--set confdir and --confdir disagree: {', '.join(values)}")
+    return Path(values[0] if values else DEFAULT_CONFDIR).expanduser()
 
 
 def _system_certificates(bundle: Path) -> tuple[list[str], str]:
@@ -327,23 +392,42 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
-    """Write the CA bundle and print the `export` lines for it and the proxy."""
+def _default_proxy(confdir: Path) -> str:
+    host, port = mitmca.listen_address(confdir)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _wait_for(proxy: str, seconds: float) -> bool:
+    """Whether the proxy accepts a TCP connection within `seconds` (sends nothing)."""
+    parts = urlsplit(proxy)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((parts.hostname or "", parts.port or 80), timeout=1).close()
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def write_env(proxy: str | None, confdir: Path, bundle_arg: str | None, wait: float = 0) -> int:
+    """Write the CA bundle (creating mitmproxy's CA if the confdir has none) and print the `export` lines
+    for it and the proxy."""
     try:
+        proxy = proxy or _default_proxy(confdir)
         clientconfig.check_proxy_url(proxy)
-    except ValueError as e:
+    except ValueError as e:  # a bad --proxy, or a config.yaml mitmproxy refuses
         _fail("env", str(e))
         return 2
-    ca_path = confdir / CA_CERT_NAME
     bundle = (Path(bundle_arg).expanduser() if bundle_arg else confdir / BUNDLE_NAME).absolute()
     try:
-        mitm_certs = clientconfig.pem_certificates(ca_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        _fail(
-            "env",
-            f"no mitmproxy CA at {ca_path}: start the proxy once (cacheaddon run, same confdir) to create it",
-        )
+        ca_path = mitmca.ensure_ca(confdir)
+    except OSError as e:
+        _fail("env", f"cannot create mitmproxy's CA in {confdir}: {e}")
         return 1
+    try:
+        mitm_certs = clientconfig.pem_certificates(ca_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         _fail("env", f"cannot read the mitmproxy CA {ca_path}: {e}")
         return 1
@@ -358,6 +442,9 @@ def write_env(proxy: str, confdir: Path, bundle_arg: str | None) -> int:
         _write_atomically(bundle, clientconfig.bundle_text(system_certs, mitm_certs))
     except OSError as e:
         _fail("env", f"cannot write the CA bundle {bundle}: {e}")
+        return 1
+    if wait > 0 and not _wait_for(proxy, wait):
+        _fail("env", f"the proxy at {proxy} accepted no connection within {wait:g} s")
         return 1
     # A comment ends at a newline, and the rest would be run by `eval`: escape any in the paths.
     comment = f"# CA bundle {bundle}: system CAs from {source} + {ca_path}"

@@ -56,6 +56,14 @@ def _npmrc(client: str) -> Callable[[str], str]:
     return render
 
 
+def _npm(url: str) -> str:
+    # npm writes each tarball's URL into package-lock.json ("resolved"): through an endpoint that is the
+    # endpoint's address, which `npm ci` on a machine without the cache cannot reach (and npm 12's default
+    # allow-remote=none refuses, as a tarball outside its registry). Without "resolved", npm finds each
+    # tarball through whatever registry is configured where it installs, and still checks the integrity.
+    return _npmrc("npm")(url) + "\nomit-lockfile-registry-resolved=true"
+
+
 def _yarn(url: str) -> str:
     # Yarn Berry wants the server without a trailing slash and refuses plain HTTP to unlisted hosts.
     server = url.rstrip("/")
@@ -120,6 +128,13 @@ def _cargo(url: str) -> str:
     )
 
 
+def _go(url: str) -> str:
+    # No ",direct" fallback: it would fetch a module the endpoint cannot serve from its VCS, around the cache.
+    # The go command asks GOPROXY for the checksum database too (/sumdb/...), so that comes through as well.
+    comment = f"# go env's file (go env -w writes it; or GOPROXY={url} in the environment)"
+    return f"{comment}\ngo env -w GOPROXY={url}"
+
+
 @dataclass(frozen=True)
 class Client:
     """A package client: which registry preset it uses, at which path, and how its configuration looks."""
@@ -136,7 +151,7 @@ CLIENTS: Mapping[str, Client] = MappingProxyType(
         for c in (
             Client("pip", "pypi", "/simple/", _pip),
             Client("uv", "pypi", "/simple/", _uv),
-            Client("npm", "npm", "/", _npmrc("npm")),
+            Client("npm", "npm", "/", _npm),
             Client("yarn", "yarn", "/", _yarn),
             Client("pnpm", "npm", "/", _npmrc("pnpm")),
             Client("setuptools", "pypi", "/simple/", _setuptools),
@@ -146,6 +161,7 @@ CLIENTS: Mapping[str, Client] = MappingProxyType(
             Client("gem", "rubygems", "/", _gem),
             Client("nuget", "nuget", "/v3/index.json", _nuget),
             Client("cargo", "crates", "/", _cargo),
+            Client("go", "golang", "", _go),
         )
     }
 )

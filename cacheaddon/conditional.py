@@ -9,6 +9,16 @@ from cacheaddon.entry import Entry
 from cacheaddon.keys import RequestView
 from cacheaddon.policy import STORABLE_STATUS
 
+# Request fields that make an answer conditional or partial (RFC 9110 13.1, 14.2).
+CONDITIONAL_FIELDS = (
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+)
+
 
 def conditional_headers(entry: Entry | None) -> dict[str, str]:
     """Validators to revalidate a stale entry with (RFC 9111 4.3.1)."""

@@ -4,25 +4,21 @@ client reached it by, and the index documents and redirects it serves, rewritten
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from cacheaddon import decoding, responses, rewrite
+from cacheaddon import documents, responses, rewrite
 from cacheaddon.keys import redact
 from cacheaddon.memo import Lru
-from cacheaddon.relay import Job
 from cacheaddon.reply import Reply
 from cacheaddon.settings import HostPattern
 
 logger = logging.getLogger(__name__)
 
-# Documents are rewritten in memory: larger ones (raw or decoded) are served as the upstream sent them.
-REWRITE_LIMIT = 128 * 1024 * 1024
 _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _RELOCATING = ("location", "content-location")
 _NOT_KEPT = ("content-encoding", "content-length", "accept-ranges")  # of a document sent rewritten
@@ -72,44 +68,25 @@ async def rewritten(
 ) -> Reply:
     """The reply as the endpoint serves it: links in index documents and redirect targets that point at a
     cached host point back at the endpoint instead. memo: rewritten documents kept for the settings that
-    `cached` belongs to, by the stored document's sha256 (a hit on an index page rewrites nothing)."""
-    status, fields = _status_fields(reply)
+    `cached` belongs to, by the sha256 of the stored document the reply sends unchanged (reply.sha256: a
+    reply whose body was changed, e.g. filtered by the guard, has none), so a hit rewrites nothing."""
+    status, fields = documents.status_fields(reply)
     if 300 <= status < 400:
         _relocate(reply, base, endpoint_origin, cached)
         return reply
-    content_type = _field(fields, "content-type") or ""
+    content_type = documents.field(fields, "content-type") or ""
     if status != 200 or not rewrite.is_rewritable(content_type):
         return reply
-    if reply.job is not None and reply.job.file is not None and reply.job.length > REWRITE_LIMIT:
-        logger.warning(
-            "%s: document too large to rewrite (%d bytes): served as is", redact(url), reply.job.length
-        )
-        return reply
-    content_encoding = _field(fields, "content-encoding") or ""
+    content_encoding = documents.field(fields, "content-encoding") or ""
     known = (reply.sha256, content_encoding, base, endpoint_origin) if reply.sha256 else None
     if known is not None and memo is not None and (done := memo.get(known)) is not None:
         await reply.discard()
         return _with_body(reply, status, fields, done)
-    job = reply.job
-    if job is not None and job.stream is not None:  # a miss streaming in: read it, up to the limit
-        try:
-            parts, whole = await _read_up_to(job.stream, REWRITE_LIMIT)
-        except Exception as exc:
-            await job.aclose()
-            logger.warning("%s: could not read a document to rewrite: %s", redact(url), exc)
-            detail = "document could not be read for rewriting"
-            return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
-        if not whole:
-            logger.warning("%s: document too large to rewrite: served as is", redact(url))
-            job.stream = _chain(parts, job.stream)
-            return reply
-        await job.aclose()
-        body: bytes | None = b"".join(parts)
-    else:
-        body = await _materialize(reply)
-    if body is None:
-        detail = "document could not be read for rewriting"
-        return Reply(reply.outcome, detail, responses.error(502, url, detail, reply.outcome))
+    body = await documents.read_whole(reply, url, "to rewrite")
+    if body is documents.Unread.TOO_LARGE:
+        return reply
+    if body is documents.Unread.FAILED:
+        return documents.unreadable(reply, url, "rewriting")
     new_body = await asyncio.to_thread(
         _decode_and_rewrite, body, content_encoding, base, endpoint_origin, cached
     )
@@ -131,13 +108,10 @@ def _with_body(reply: Reply, status: int, fields: list[tuple[str, str]], new_bod
             response.headers.pop(name, None)
         response.headers["content-length"] = str(len(new_body))
         response.raw_content = new_body
-        return Reply(reply.outcome, reply.detail, response)
+        return Reply(reply.outcome, reply.detail, response, stored=reply.stored)
     kept = [(k, v) for k, v in fields if k.lower() not in _NOT_KEPT]
-    return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
-
-
-def _field(fields: list[tuple[str, str]], name: str) -> str | None:
-    return next((v for k, v in fields if k.lower() == name), None)
+    response = responses.make(status, "OK", kept, new_body)
+    return Reply(reply.outcome, reply.detail, response, stored=reply.stored)
 
 
 def _relocate(reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached) -> None:
@@ -154,65 +128,10 @@ def _relocate(reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: 
         ]
 
 
-def _status_fields(reply: Reply) -> tuple[int, list[tuple[str, str]]]:
-    if reply.response is not None:
-        return reply.response.status_code, list(reply.response.headers.items(multi=True))
-    assert reply.job is not None
-    return reply.job.status, reply.job.headers
-
-
-async def _read_up_to(stream: AsyncIterator[bytes], limit: int) -> tuple[list[bytes], bool]:
-    """The chunks of `stream` until it ends (True) or passes `limit` bytes (False: the rest is unread)."""
-    parts, size = [], 0
-    async for chunk in stream:  # leaving the loop early does not close the stream
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return parts, False
-    return parts, True
-
-
-async def _chain(parts: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        for part in parts:
-            yield part
-        async for chunk in rest:
-            yield chunk
-    finally:
-        if hasattr(rest, "aclose"):
-            await rest.aclose()
-
-
-async def _materialize(reply: Reply) -> bytes | None:
-    """The whole body of a reply held in memory or in a file (documents: they are rewritten in memory)."""
-    if reply.response is not None:
-        return reply.response.raw_content or b""
-    job: Job | None = reply.job
-    assert job is not None
-    try:
-        if job.file is not None:
-            job.file.seek(job.offset)
-            data = await asyncio.to_thread(job.file.read, job.length)
-            if job.sha256 is not None and hashlib.sha256(data).hexdigest() != job.sha256:
-                logger.warning("a cached document changed on disk: dropped, will fetch again")
-                if job.on_corrupt is not None:
-                    await job.on_corrupt()
-                return None
-        return data
-    except Exception as exc:
-        logger.warning("could not read a document to rewrite: %s", exc)
-        return None
-    finally:
-        await job.aclose()
-
-
 def _decode_and_rewrite(
     body: bytes, content_encoding: str, base: str, endpoint_origin: rewrite.Origin, cached: Cached
 ) -> bytes | None:
     """In a thread: a 20 MB npm document takes ~0.1 s to decode and rewrite. None if it cannot be decoded
-    (or would decode to more than REWRITE_LIMIT bytes)."""
-    try:
-        data = decoding.decode(body, content_encoding, REWRITE_LIMIT)
-    except ValueError:
-        return None
-    return rewrite.rewrite_links(data, base, endpoint_origin, cached)
+    (or would decode to more than documents.LIMIT bytes)."""
+    data = documents.decode(body, content_encoding)
+    return None if data is None else rewrite.rewrite_links(data, base, endpoint_origin, cached)

@@ -23,6 +23,8 @@ class Entry:
     sha256: str
     # Request header values this answer was chosen by (the response's Vary), beyond those in the key.
     vary: tuple[tuple[str, str], ...] = ()
+    # Marked stale by `cacheaddon refresh`: revalidated on the next request, still a fallback in an outage.
+    invalidated: bool = False
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -42,10 +44,10 @@ class Entry:
     def refreshed(self, now: float, new_headers: tuple[tuple[str, str], ...] = ()) -> Entry:
         """The entry after a 304: headers it sent replace ours (RFC 9111 4.3.4), the body stays."""
         if not new_headers:
-            return replace(self, stored_at=now)
+            return replace(self, stored_at=now, invalidated=False)
         names = {k.lower() for k, _ in new_headers}
         kept = tuple((k, v) for k, v in self.headers if k.lower() not in names)
-        return replace(self, stored_at=now, headers=kept + new_headers)
+        return replace(self, stored_at=now, headers=kept + new_headers, invalidated=False)
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,7 @@ class Entry:
             "size": self.size,
             "sha256": self.sha256,
             "vary": [list(v) for v in self.vary],
+            **({"invalidated": True} if self.invalidated else {}),
         }
 
     @classmethod
@@ -74,6 +77,7 @@ class Entry:
                 size=int(record["size"]),
                 sha256=str(record["sha256"]),
                 vary=tuple((str(k), str(v)) for k, v in record["vary"]),
+                invalidated=record.get("invalidated") is True,
             )
         except (KeyError, TypeError, ValueError):
             logger.warning("unreadable cache record: treated as a miss")

@@ -17,6 +17,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import conditional, keys, policy, responses
+from cacheaddon.counters import Counters
 from cacheaddon.entry import Entry
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
@@ -26,7 +27,7 @@ from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
 from cacheaddon.spool import Spool, Spooled
-from cacheaddon.store import Store, StoreError
+from cacheaddon.store import Store
 from cacheaddon.upstream import UpstreamClient, UpstreamFailure, expected_length, raw_chunks
 
 logger = logging.getLogger(__name__)
@@ -39,17 +40,13 @@ Serve = Callable[[Entry, Decision, RequestView, float], Awaitable[Reply | None]]
 _ERROR_BODY_LIMIT = 64 * 1024
 # Not sent upstream: the client's validators are answered by us once we hold the whole body, and ranges are
 # cut from it.
-_NOT_FORWARDED = (
-    "if-none-match",
-    "if-modified-since",
-    "if-match",
-    "if-unmodified-since",
-    "if-range",
-    "range",
-)
+_NOT_FORWARDED = conditional.CONDITIONAL_FIELDS
 
 
 class Fetcher:
+    # What the fetch path reports (bytes read, failures by origin); the addon puts its own here (observe.py).
+    counters = Counters(None)
+
     def __init__(
         self,
         settings: Settings,
@@ -71,21 +68,30 @@ class Fetcher:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None = None,
     ) -> Reply:
-        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may."""
+        """Asks the upstream for a miss (entry None) or to revalidate a stale entry; stores what it may.
+        fallback: an answer stored for another Accept that the request admits, served if the upstream fails
+        (never revalidated: its validators are another representation's)."""
+        stale = entry or fallback
         # The client's own validators are answered by us once we hold the full body; ours go upstream.
         headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         headers.update(conditional.conditional_headers(entry))
         try:
             fetched = await self.client.open(request.method, url, headers)
         except UpstreamFailure as exc:
-            return await self._failed(exc.failure, request, url, origin, entry)
+            return await self._failed(exc.failure, request, url, origin, stale)
         length = expected_length(fetched)
         answer = policy.on_answer(request, entry, fetched.status_code, fetched.headers, length, self.settings)
         match answer.verdict:
             case Verdict.FAILED:
-                return await self._failed_answer(fetched, request, url, origin, entry)
+                return await self._failed_answer(fetched, request, url, origin, stale)
             case Verdict.NOT_MODIFIED:
                 assert entry is not None
                 self.health.succeeded(origin)
@@ -93,7 +99,7 @@ class Fetcher:
             case Verdict.NEW:
                 self.health.succeeded(origin)
                 if answer.buffer:
-                    return await self._buffered(fetched, answer, request, url, origin, key, entry)
+                    return await self._buffered(fetched, answer, request, url, origin, key, stale)
                 return self._streamed(fetched, answer, request, origin, key)
             case _:
                 assert_never(answer.verdict)
@@ -111,9 +117,11 @@ class Fetcher:
         try:
             fetched = await self.client.open(request.method, url, request.headers, body)
         except UpstreamFailure as exc:
+            self._count_failure(origin, exc.failure)
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
             return error(policy.on_failure(None, exc.failure, self.settings), url)
         if policy.is_failure(fetched.status_code):
+            self._count_failure(origin, policy.answered(fetched.status_code))
             self.health.failed(origin, time.time(), self.settings.upstream_backoff)
         else:
             self.health.succeeded(origin)
@@ -121,7 +129,7 @@ class Fetcher:
         length = expected_length(fetched)
         if length is not None:
             fields.append(("Content-Length", str(length)))
-        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=raw_chunks(fetched))
+        job = Job(fetched.status_code, fetched.reason_phrase, fields, stream=self._chunks(fetched, origin))
         job.on_close = fetched.aclose
         return Reply(Outcome.MISS, detail, job=job)
 
@@ -136,10 +144,10 @@ class Fetcher:
     ) -> Reply:
         """The upstream failed (passed: its own error answer, if any): the stale entry, or the error."""
         now = time.time()
-        self.health.failed(origin, now, self.settings.upstream_backoff)
+        self._count_failure(origin, failure)
+        self.health.failed(origin, now, self.settings.upstream_backoff, failure.reason)
         decision = policy.on_failure(entry, failure, self.settings)
         if decision.action is Action.SERVE and entry is not None:
-            logger.warning("upstream failed for %s (%s)", redact(url), failure.reason)
             reply = await self.serve(entry, decision, request, now)
             if reply is not None:
                 return reply
@@ -152,7 +160,7 @@ class Fetcher:
         """A 5xx or 429: an outage, whose own answer (its first 64 KiB) is passed on when nothing stale is."""
         body = b""
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 body += chunk
                 if len(body) > _ERROR_BODY_LIMIT:
                     break
@@ -160,7 +168,7 @@ class Fetcher:
             pass
         finally:
             await fetched.aclose()
-        failure = Failure(f"answered {fetched.status_code}", status=fetched.status_code)
+        failure = policy.answered(fetched.status_code)
         detail = f"upstream {failure.reason}"
         fields = [*responses.live_headers(_fields(fetched)), *responses.cache_fields(Outcome.MISS, detail)]
         passed = responses.make(fetched.status_code, fetched.reason_phrase, fields, body[:_ERROR_BODY_LIMIT])
@@ -180,10 +188,7 @@ class Fetcher:
         await fetched.aclose()
         now = time.time()
         fresh = entry.refreshed(now, responses.revalidated_headers(_fields(fetched)))
-        try:
-            await self._db(self.store.put_record, key.for_response(fresh.header("content-encoding")), fresh)
-        except StoreError as exc:
-            logger.warning("could not update the cache record of %s: %s", redact(fresh.url), exc)
+        await self.ingest.refresh(key.for_response(fresh.header("content-encoding")), fresh)
         decision = Decision(Action.SERVE, Outcome.REVALIDATED, answer.reason)
         reply = await self.serve(fresh, decision, request, now)
         return reply or await self.fetch(request, url, origin, key, None)
@@ -217,7 +222,7 @@ class Fetcher:
         limit = max(BUFFER_LIMIT, self.settings.max_object_size)
         spool = Spool(BUFFER_LIMIT, self.store.new_body_file, self.pool, limit)
         try:
-            async for chunk in raw_chunks(fetched):
+            async for chunk in self._chunks(fetched, origin):
                 await spool.write(chunk)
                 if spool.unusable:  # too large, or the disk failed: no use reading on
                     break
@@ -244,12 +249,11 @@ class Fetcher:
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
         stored_key = key.for_response(new.header("content-encoding"))
         if body.data is not None:
-            if why_not is None:
-                await self.ingest.commit(stored_key, new, body.data)
-                if conditional.client_has_current(new, request):
-                    return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0))
+            stored = why_not is None and await self.ingest.commit(stored_key, new, body.data)
+            if why_not is None and conditional.client_has_current(new, request):
+                return Reply(outcome, detail, responses.not_modified(new, outcome, detail, 0), stored=stored)
             data = b"" if request.method == "HEAD" else body.data
-            fields = [*live, *responses.cache_fields(outcome, detail)]
+            fields = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
             response = responses.make(new.status, new.reason, fields, data)
             if request.method == "HEAD":  # the length of the body a GET would get, as the upstream said
                 length = fetched.headers.get("content-length")
@@ -257,15 +261,16 @@ class Fetcher:
                     response.headers["content-length"] = length
                 else:
                     del response.headers["content-length"]
-            return Reply(outcome, detail, response)
+            return Reply(outcome, detail, response, stored=stored)
         assert body.path is not None
         handle: BinaryIO = await self._disk(open, body.path, "rb")  # survives the rename into the store
-        if why_not is None:
-            await self.ingest.commit(stored_key, new, body.path)
-        else:
+        stored = why_not is None and await self.ingest.commit(stored_key, new, body.path)
+        if why_not is not None:
             await self._disk(self.store.discard, body.path)
-        served = [*live, *responses.cache_fields(outcome, detail), ("Content-Length", str(body.size))]
-        return Reply(outcome, detail, job=Job(new.status, new.reason, served, file=handle, length=body.size))
+        served = [*live, *responses.cache_fields(outcome, detail, stored=stored)]
+        served.append(("Content-Length", str(body.size)))
+        job = Job(new.status, new.reason, served, file=handle, length=body.size)
+        return Reply(outcome, detail, job=job, stored=stored)
 
     def _streamed(
         self, fetched: httpx.Response, answer: Answer, request: RequestView, origin: str, key: Keys
@@ -274,7 +279,9 @@ class Fetcher:
         size_limit = 0 if answer.why_not else self.settings.max_object_size
         spool = Spool(INLINE_LIMIT, self.store.new_body_file, self.pool, size_limit)
         live = responses.live_headers(_fields(fetched))  # with Set-Cookie: this answer is the client's
-        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason)]
+        # Said before the body arrives: stored once it has arrived whole.
+        stored = answer.why_not is None
+        served = [*live, *responses.cache_fields(Outcome.MISS, answer.reason, stored=stored)]
         length = expected_length(fetched)
         if length is not None:
             served.append(("Content-Length", str(length)))
@@ -285,12 +292,13 @@ class Fetcher:
             done, pending = False, b""
             try:
                 try:
-                    async for chunk in raw_chunks(fetched):
+                    async for chunk in self._chunks(fetched, origin):
                         await spool.write(chunk)
                         if pending:
                             yield pending
                         pending = chunk
-                except UpstreamFailure:
+                except UpstreamFailure as exc:
+                    self._count_failure(origin, exc.failure)
                     # Too late for a stale answer, but the next requests should not each wait on this origin.
                     self.health.failed(origin, time.time(), self.settings.upstream_backoff)
                     raise
@@ -311,7 +319,18 @@ class Fetcher:
                 await fetched.aclose()
 
         job = Job(fetched.status_code, fetched.reason_phrase, served, stream=tee(), on_close=fetched.aclose)
-        return Reply(Outcome.MISS, answer.reason, job=job)
+        return Reply(Outcome.MISS, answer.reason, job=job, stored=stored)
+
+
+    async def _chunks(self, fetched: httpx.Response, origin: str) -> AsyncIterator[bytes]:
+        """The upstream's body chunks, counted as bytes fetched from `origin`."""
+        # Closing the upstream response (the callers do, always) ends raw_chunks too.
+        async for chunk in raw_chunks(fetched):
+            self.counters.fetched(origin, len(chunk))
+            yield chunk
+
+    def _count_failure(self, origin: str, failure: Failure) -> None:
+        self.counters.upstream_failed(origin, failure.kind)
 
 
 def _carry_out(decision: Decision, url: str, passed: http.Response | None = None) -> Reply:

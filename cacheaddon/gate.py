@@ -4,6 +4,7 @@ the way ends in an answer of ours, with one log line: never in mitmproxy's own f
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import assert_never
@@ -12,6 +13,7 @@ import httpx
 from mitmproxy import http
 
 from cacheaddon import access, endpoint, keys, responses, rewrite
+from cacheaddon.guard import Guard
 from cacheaddon.keys import redact
 from cacheaddon.policy import Outcome
 from cacheaddon.reply import Reply
@@ -55,11 +57,14 @@ def client_ip(flow: http.HTTPFlow) -> str:
     return access.peer_ip(flow.client_conn.peername)
 
 
-async def handle(flow: http.HTTPFlow, settings: Settings, service: CacheService) -> Handled:
-    """Routes the request and carries the route out; any exception becomes our 400 or 502."""
+async def handle(
+    flow: http.HTTPFlow, settings: Settings, service: CacheService, guard: Guard | None = None
+) -> Handled:
+    """Routes the request and carries the route out; any exception becomes our 400 or 502. With a guard,
+    what the cache answers passes the supply-chain guard."""
     url = url_of_request(flow.request)
     try:
-        return await _carry_out(flow, settings, service)
+        return await _carry_out(flow, settings, service, guard)
     except Exception as exc:
         client_error = isinstance(exc, _CLIENT_ERRORS)
         status, detail = (400, BAD_TARGET) if client_error else (502, "internal error")
@@ -70,7 +75,9 @@ async def handle(flow: http.HTTPFlow, settings: Settings, service: CacheService)
         return Handled(url, Reply(Outcome.MISS, detail, responses.error(status, redact(url), detail)))
 
 
-async def _carry_out(flow: http.HTTPFlow, settings: Settings, service: CacheService) -> Handled:
+async def _carry_out(
+    flow: http.HTTPFlow, settings: Settings, service: CacheService, guard: Guard | None
+) -> Handled:
     req = flow.request
     endpoint_origin = endpoint.origin_of(flow)
     target = Target(
@@ -103,8 +110,11 @@ async def _carry_out(flow: http.HTTPFlow, settings: Settings, service: CacheServ
             reply = await service.forward(where.view, where.url, where.origin, req.raw_content, where.detail)
         case Way.ANSWER:
             assert where.view is not None
-            whole = endpoint_origin is not None
-            reply = await service.answer(where.view, where.url, where.origin, whole_documents=whole)
+            answer = functools.partial(service.answer, whole_documents=endpoint_origin is not None)
+            if guard is not None:  # answers through the cache, then filters what the client may see
+                reply = await guard.answer(answer, where.view, where.url, where.origin)
+            else:
+                reply = await answer(where.view, where.url, where.origin)
         case _:
             assert_never(where.way)
     if endpoint_origin is not None:

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+
 from cacheaddon.policy import Backoff
+
+logger = logging.getLogger(__name__)
 
 
 class HostHealth:
     """After a failure an origin (scheme://host:port) backs off for a while: what the cache holds is served
     at once, what it does not is answered 503 at once, and at most one background probe at a time asks
-    whether it is back. Time is passed in, never read."""
+    whether it is back. Time is passed in, never read. The log says when an origin starts failing and when
+    it answers again, once each: not once per request answered from the cache meanwhile."""
 
     def __init__(self) -> None:
         self._down_until: dict[str, float] = {}
         self._probing: set[str] = set()
+        self._failing: set[str] = set()  # failed since it last answered
 
-    def failed(self, origin: str, now: float, backoff: int) -> None:
+    def failed(self, origin: str, now: float, backoff: int, reason: str = "") -> None:
         self._down_until[origin] = now + backoff
+        if origin not in self._failing:
+            self._failing.add(origin)
+            because = f" ({reason})" if reason else ""
+            logger.warning(
+                "%s is failing%s: answering from the cache, asking it again at most once at a time "
+                "(back-off %d s)",
+                origin,
+                because,
+                backoff,
+            )
 
     def succeeded(self, origin: str) -> None:
         self._down_until.pop(origin, None)
+        if origin in self._failing:
+            self._failing.discard(origin)
+            logger.warning("%s answers again", origin)
 
     def backoff(self, origin: str, now: float) -> Backoff | None:
         """The origin's back-off, while it lasts."""

@@ -26,9 +26,16 @@ _DOC_LIMIT = 32 * 1024 * 1024
 
 
 class Ingest:
-    def __init__(self, store: Store, pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        on_stored: Callable[[str, Entry, bool], None] | None = None,
+    ) -> None:
         self.store = store
         self.db_pool, self.pool = pools
+        # Told of every entry stored (True: with a new body; False: only its record changed), to share it.
+        self.on_stored = on_stored
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -36,12 +43,15 @@ class Ingest:
     async def _disk(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
+    async def commit(self, key: str, entry: Entry, body: bytes | str, share: bool = True) -> bool:
         """Stores a complete body unless it contradicts the digest its index published; then remembers the
-        digests an index document publishes for its files. Hashing and parsing run off the database thread."""
+        digests an index document publishes for its files. Hashing and parsing run off the database thread.
+        True when stored; share=False for what came from the shared tier."""
+        stored = False
         try:
             expected = await self._db(self.store.expected_digest, entry.url)
             if expected is not None and not await self._disk(_digest_ok, expected, entry, body):
+                self.store.integrity_failed("published digest")
                 logger.warning(
                     "%s does not match the digest its index published (%s): not cached",
                     redact(entry.url),
@@ -49,9 +59,10 @@ class Ingest:
                 )
                 if isinstance(body, str):
                     await self._disk(self.store.discard, body)
-                return
+                return False
             doc = await self._disk(_document, entry, body)
             await self._db(self.store.commit, key, entry, body)
+            stored = True
             if isinstance(body, str):
                 await self._db(self.store.remember_verified, entry)
             if doc is not None:
@@ -63,6 +74,21 @@ class Ingest:
         except (StoreError, OSError) as exc:
             level = "disk full" if isinstance(exc, StoreError) and exc.no_space else "store error"
             logger.warning("could not store %s (%s): %s", redact(entry.url), level, exc)
+            if not stored:
+                return False
+        if share and self.on_stored is not None:
+            self.on_stored(key, entry, True)
+        return True
+
+    async def refresh(self, key: str, entry: Entry) -> None:
+        """Stores a refreshed record (after a 304) whose body is unchanged."""
+        try:
+            await self._db(self.store.put_record, key, entry)
+        except StoreError as exc:
+            logger.warning("could not update the cache record of %s: %s", redact(entry.url), exc)
+            return
+        if self.on_stored is not None:
+            self.on_stored(key, entry, False)
 
 
 def _digest_ok(expected: str, entry: Entry, body: bytes | str) -> bool:

@@ -9,6 +9,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cacheaddon import negotiation
 from cacheaddon.entry import Entry
 
 # Request fields that make an answer private to whoever sent them (npm's _authToken is sent as a Bearer
@@ -118,21 +119,14 @@ def cache_keys(request: RequestView, salt: bytes) -> Keys:
 
 
 def _refuses_identity(accept_encoding: str) -> bool:
-    """RFC 9110 12.5.3: identity;q=0, or *;q=0 with identity not listed, refuses an unencoded answer."""
-    weights = {}
-    for part in accept_encoding.split(","):
-        coding, _, params = part.partition(";")
-        weight = 1.0
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    weight = float(value)
-                except ValueError:
-                    pass
-        if coding.strip():
-            weights[coding.strip().lower()] = weight
-    return weights.get("identity", weights.get("*", 1.0)) == 0
+    return not negotiation.identity_acceptable(negotiation.coding_weights(accept_encoding))
+
+
+def variant_group(key: str) -> str:
+    """The URL and credential owner of a cache key: the keys of one group hold answers to one resource
+    for one owner under different Accept and Accept-Encoding values (see negotiation.py)."""
+    url, *fields = key.split("\n")
+    return "\n".join([url, *(f for f in fields if f.startswith("cred="))])
 
 
 def vary_names(vary_header: str) -> tuple[str, ...] | None:

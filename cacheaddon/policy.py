@@ -78,6 +78,15 @@ class Failure:
     reason: str  # "connection refused", "answered 503"
     timeout: bool = False
     status: int | None = None
+    # A short, bounded label for the metrics, set where the failure is recognised (upstream.py's table of
+    # exception types, or `answered`): timeout, dns, tls, refused, reset, truncated, protocol, connect, proxy,
+    # http_5xx, http_429, other.
+    kind: str = "other"
+
+
+def answered(status: int) -> Failure:
+    """An upstream answer that is an outage (is_failure: 5xx or 429)."""
+    return Failure(f"answered {status}", status=status, kind="http_429" if status == 429 else "http_5xx")
 
 
 class Verdict(enum.Enum):
@@ -146,6 +155,8 @@ def age(entry: Entry, now: float) -> int:
 
 
 def is_fresh(entry: Entry, now: float, settings: Settings) -> bool:
+    if entry.invalidated:
+        return False
     if entry.status in NEGATIVE_STATUS:
         return age(entry, now) < settings.negative_ttl
     if is_immutable(entry.url, settings):

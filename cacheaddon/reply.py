@@ -13,12 +13,14 @@ from cacheaddon.relay import Job
 
 @dataclass
 class Reply:
-    """A finished response, or a relay job that streams one; outcome and detail are its X-Cache fields."""
+    """A finished response, or a relay job that streams one; outcome and detail are its X-Cache fields,
+    stored whether the upstream's answer was stored (Cache-Status' `stored`)."""
 
     outcome: Outcome
     detail: str
     response: http.Response | None = None
     job: Job | None = None
+    stored: bool = False
     sha256: str | None = None  # of the stored body it sends whole, unchanged (what memos of it are keyed by)
 
     async def discard(self) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterable
+from http import HTTPStatus
 
 from mitmproxy import http
 
+from cacheaddon import cachestatus
 from cacheaddon.entry import Entry
 from cacheaddon.policy import HOP_BY_HOP, Outcome
 
@@ -23,8 +27,9 @@ def live_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ..
 
 
 def storable_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The upstream's header fields worth keeping for everyone: no cookies either."""
-    return tuple((k, v) for k, v in live_headers(fields) if k.lower() != "set-cookie")
+    """The upstream's header fields worth keeping for everyone: no cookies either, nor the Cache-Status of
+    the caches before us, which describes that one answer."""
+    return tuple((k, v) for k, v in live_headers(fields) if k.lower() not in ("set-cookie", "cache-status"))
 
 
 # RFC 9111 3.2: these describe the stored body, which a 304 does not replace (some servers send a generic
@@ -37,8 +42,13 @@ def revalidated_headers(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, s
     return tuple((k, v) for k, v in storable_headers(fields) if k.lower() not in _BODY_FIELDS)
 
 
-def cache_fields(outcome: Outcome, reason: str, age: int | None = None) -> list[tuple[str, str]]:
+def cache_fields(
+    outcome: Outcome, reason: str, age: int | None = None, stored: bool = False
+) -> list[tuple[str, str]]:
+    """stored: the upstream's answer was stored (or will be, once it arrived whole)."""
     fields = [("X-Cache", outcome.value), ("X-Cache-Detail", reason)]
+    # RFC 9211, after upstream caches'
+    fields.append(("Cache-Status", cachestatus.value(outcome, reason, stored)))
     if age is not None:
         fields.append(("Age", str(age)))
     return fields
@@ -91,18 +101,26 @@ def not_modified(entry: Entry, outcome: Outcome, detail: str, age: int) -> http.
     return response
 
 
+# The reason phrase carries the detail because it is what clients print: pip's error text ("504 Server Error:
+# <reason> for url"), npm's ("504 <reason> - GET <url>") and uv's all quote it, and none shows a plain-text
+# body. The body is RFC 9457 problem details, which uv prints ("Server message: <title>, <detail>") and curl
+# shows as it is. No Retry-After: none of pip, uv and npm heeds it on a 5xx (npm and uv retry a 5xx on their
+# own schedule; pip never retries a 504).
+_REASON_LIMIT = 200
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
 def error(status: int, url: str, detail: str, outcome: Outcome = Outcome.MISS) -> http.Response:
-    """The cache's own error page: plain text that names the URL and says why."""
-    reasons = {
-        400: "Bad Request",
-        403: "Forbidden",
-        502: "Bad Gateway",
-        503: "Service Unavailable",
-        504: "Gateway Timeout",
-    }
-    body = f"cacheaddon: {detail}\nURL: {url}\n".encode("utf-8", "replace")
-    fields = [("Content-Type", "text/plain; charset=utf-8"), *cache_fields(outcome, detail)]
-    return make(status, reasons.get(status, "Error"), fields, body)
+    """The cache's own error answer, naming the URL and saying why in every form a client may show."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    reason = _UNPRINTABLE.sub(" ", f"{phrase} (cacheaddon: {detail})")[:_REASON_LIMIT]
+    problem = {"type": "about:blank", "title": phrase, "status": status, "detail": f"cacheaddon: {detail}"}
+    body = json.dumps({**problem, "url": url}, indent=1).encode() + b"\n"
+    fields = [("Content-Type", "application/problem+json"), *cache_fields(outcome, detail)]
+    return make(status, reason, fields, body)
 
 
 def forbidden(detail: str) -> http.Response:

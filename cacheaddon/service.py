@@ -7,15 +7,18 @@ Everything here runs in mitmproxy's event loop; disk work goes to a small thread
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar, assert_never
 
-from cacheaddon import conditional, keys, policy, responses, rewrite, tasks
+from cacheaddon import conditional, keys, negotiation, policy, responses, rewrite, sharing, tasks
 from cacheaddon.entry import Entry
 from cacheaddon.fetch import Fetcher
+from cacheaddon.fleet import Fleet
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
@@ -24,6 +27,7 @@ from cacheaddon.policy import INLINE_LIMIT, Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
 from cacheaddon.settings import Settings
+from cacheaddon.sharedtier import SharedTier
 from cacheaddon.store import Body, Store, StoreError
 from cacheaddon.upstream import UpstreamClient
 
@@ -44,13 +48,16 @@ class CacheService:
         client: UpstreamClient,
         health: HostHealth,
         pools: tuple[ThreadPoolExecutor, ThreadPoolExecutor],
+        tier: SharedTier | None = None,
     ) -> None:
         self.settings, self.store, self.health = settings, store, health
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
         self.memo = Memo()
-        self.fetcher = Fetcher(settings, store, client, health, Ingest(store, pools), pools, self._serve)
+        ingest = Ingest(store, pools)
+        self.fetcher = Fetcher(settings, store, client, health, ingest, pools, self._serve)
+        self.fleet = Fleet(tier, store, ingest, pools[0], settings, INLINE_LIMIT) if tier else None
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.db_pool, fn, *args)
@@ -59,12 +66,19 @@ class CacheService:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def answer(
-        self, request: RequestView, url: str, origin: str, whole_documents: bool = False
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        whole_documents: bool = False,
+        coordinated: bool = False,
     ) -> Reply:
         """The reply to a GET or HEAD (origin: scheme://host:port, the back-off key). A Range request for
         something not cached is forwarded and not stored. whole_documents (on endpoints, which rewrite index
-        documents): Range is ignored for them, and a miss is fetched whole."""
+        documents): Range is ignored for them, and a miss is fetched whole. coordinated: the fleet (shared
+        tier) already decided that this process may go upstream for a miss."""
         key = keys.cache_keys(request, self.store.salt)
+        pre: Body | BinaryIO | None | bool
         try:
             entry, pre = await self._lookup(key.lookup_order())
         except StoreError as exc:
@@ -73,8 +87,25 @@ class CacheService:
         if entry is not None and not keys.vary_matches(entry, request, self.store.salt):
             entry = None  # another variant: neither served nor a fallback during an outage
         now = time.time()
+        shared = None if self.fleet is None else await self.fleet.lookup(key, entry, now)
+        if shared is not None:  # newer than ours: copied into the local tier, and served from there
+            _close(pre)
+            entry, pre = shared, False
         backoff = self.health.backoff(origin, now)
+        fallback = None  # an answer stored for another Accept that this request admits
+        if entry is None:
+            _close(pre)
+            entry, pre, fallback = await self._negotiated(
+                request, key, self.settings.offline or backoff is not None
+            )
         decision = policy.decide(request, entry, now, self.settings, backoff, self.store.salt)
+        own = entry if fallback is None else None  # only the request's own answer is revalidated for it
+        if fallback is not None and decision.action is Action.SERVE:
+            decision = replace(
+                decision, reason=f"{decision.reason}; negotiated {negotiation.describe(fallback)}"
+            )
+        if shared is not None:
+            decision = sharing.from_tier(decision)
         if decision.action is not Action.SERVE:
             _close(pre)
         ranged = "range" in request.headers and not whole_documents
@@ -88,10 +119,13 @@ class CacheService:
                     if ranged and not self.settings.offline:
                         return await self.forward(request, url, origin, None, _RANGE_MISS)
                     return await self._answer_without(request, url, origin, key)
-                self._maybe_probe(decision, request, url, origin, key, entry)
+                self._maybe_probe(decision, request, url, origin, key, own)
                 return reply
             case Action.FETCH:
-                return await self._fetch(request, url, origin, key, entry)
+                if self.fleet is not None and own is None and not coordinated:  # one download per fleet
+                    again = functools.partial(self.answer, request, url, origin, whole_documents, True)
+                    return await self.fleet.fetch(request.url, key.shared, again)
+                return await self._fetch(request, url, origin, key, own, fallback)
             case Action.ERROR:
                 if self.settings.offline:
                     logger.warning("offline: %s is not in the cache", redact(url))
@@ -109,16 +143,56 @@ class CacheService:
         return await self.fetcher.forward(request, url, origin, body, detail)
 
     async def _fetch(
-        self, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None
+        self,
+        request: RequestView,
+        url: str,
+        origin: str,
+        key: Keys,
+        entry: Entry | None,
+        fallback: Entry | None = None,
     ) -> Reply:
-        """The one place where a miss or a revalidation of a cache key goes upstream."""
-        return await self.fetcher.fetch(request, url, origin, key, entry)
+        """The one place where a miss or a revalidation of a cache key goes upstream (fallback: an answer
+        stored for another Accept, served if the upstream fails)."""
+        return await self.fetcher.fetch(request, url, origin, key, entry, fallback)
 
     async def _answer_without(self, request: RequestView, url: str, origin: str, key: Keys) -> Reply:
         """The reply as if nothing were cached (the entry's body turned out gone or corrupt)."""
         if self.settings.offline:
             return error(Decision(Action.ERROR, Outcome.MISS, "offline: not in cache", status=504), url)
         return await self._fetch(request, url, origin, key, None)
+
+    async def _negotiated(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """After the request's own keys missed: the best answer stored for another Accept that it admits
+        (negotiation.py), as (entry to decide with, its body as lookup gives it, entry to fall back on when
+        the upstream fails). A type the request admits only by a wildcard (curl's */*) is served only when
+        the upstream cannot be asked (cannot_ask: offline, back-off) or fails: otherwise the client gets
+        what the upstream would send it (HTML, where pip cached JSON)."""
+        try:
+            return await self._db(self._variant, request, key, cannot_ask)
+        except StoreError as exc:
+            logger.warning("cache unreadable, treating as a miss: %s", exc)
+            return None, None, None
+
+    def _variant(
+        self, request: RequestView, key: Keys, cannot_ask: bool
+    ) -> tuple[Entry | None, Body | BinaryIO | None, Entry | None]:
+        """_negotiated's work, in one trip to the database thread."""
+        stored = self.store.variants(keys.variant_group(key.shared))
+        admitted = [(k, e) for k, e in stored if keys.vary_matches(e, request, self.store.salt)]
+        ranked = negotiation.rank(request.header("accept"), request.header("accept-encoding"), admitted)
+        if not ranked:
+            return None, None, None
+        usable = ranked[0] if cannot_ask else next((c for c in ranked if c.explicit), None)
+        if usable is None:
+            return None, None, ranked[0].entry
+        entry, pre = self.store.lookup((usable.key,), INLINE_LIMIT)
+        assert not isinstance(pre, bool)  # a body is read unless the caller holds it (`held`)
+        if entry != usable.entry:  # replaced since it was ranked: not judged, not served
+            _close(pre)
+            return None, None, None
+        return entry, pre, entry
 
     def _maybe_probe(
         self, decision: Decision, request: RequestView, url: str, origin: str, key: Keys, entry: Entry | None

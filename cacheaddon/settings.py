@@ -11,6 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from cacheaddon.parent import Route
 
 # The public registries' hosts: what a build host typically needs cached.
 DEFAULT_HOSTS = (
@@ -110,14 +113,31 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "cache_max_object_size",
         str,
         "100m",
-        "Largest response stored, with a k/m/g suffix; larger responses are passed on but not stored.",
+        "Largest response stored, with a k/m/g suffix, and never more than a quarter of cache_size_limit; "
+        "larger responses are passed on but not stored.",
     ),
     (
         "cache_size_limit",
         str,
         "10g",
-        "Total size of the cache on disk, in bytes or with a k/m/g suffix; least recently used entries are "
-        "evicted.",
+        "Total size of the cache on disk, in bytes or with a k/m/g suffix; after each store, least recently "
+        "used entries are evicted until the cache is back under it.",
+    ),
+    (
+        "cache_client_timeout",
+        int,
+        60,
+        "Seconds a client connection may stay idle between requests, or take to send a request head, "
+        "before it is closed, so that clients that hold connections without using them cannot exhaust the "
+        "proxy's file descriptors. 0 turns this off (mitmproxy's tcp_timeout still applies).",
+    ),
+    (
+        "cache_env_proxy",
+        bool,
+        False,
+        "Send the cache's own upstream requests through the proxy that this process's HTTPS_PROXY, "
+        "HTTP_PROXY or ALL_PROXY names, except for hosts in NO_PROXY. mitmproxy's --mode upstream:URL, when "
+        "given, is used instead, for every request.",
     ),
     (
         "cache_allow_clients",
@@ -132,12 +152,89 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "Refuse (403) requests and CONNECTs to hosts outside cache_hosts (and, for a pattern without a port, "
         "to ports other than 80 and 443): the proxy becomes an egress firewall.",
     ),
+    (
+        "cache_shared",
+        str,
+        "",
+        "A shared tier behind the local cache, s3://BUCKET/PREFIX: proxies naming the same location share "
+        "what any of them fetched, and download each file once across the fleet. Empty: no shared tier. "
+        "Credentials come from the standard places (AWS_ACCESS_KEY_ID, ~/.aws, an instance role).",
+    ),
+    (
+        "cache_shared_endpoint",
+        str,
+        "",
+        "URL of the S3-compatible service holding cache_shared (MinIO, Ceph RGW, SeaweedFS, R2...). "
+        "Empty: AWS S3.",
+    ),
+    (
+        "cache_shared_region",
+        str,
+        "",
+        "Region of the cache_shared bucket. Empty: from AWS_REGION or the shared config files, else "
+        "us-east-1.",
+    ),
+    (
+        "cache_min_release_age",
+        str,
+        "",
+        "Hide PyPI and npm versions published more recently than this from the metadata served, and refuse "
+        "their files (403): a duration such as 3d, 72h or 90m (s, m, h, d, w; a bare number is seconds). "
+        "Applied when answering, so a version appears by itself once old enough. Empty or 0: off.",
+    ),
+    (
+        "cache_release_age_exempt",
+        Sequence[str],
+        [],
+        "Packages cache_min_release_age does not apply to: ecosystem:pattern with an fnmatch pattern on the "
+        "package name, e.g. npm:@mycorp/* or pypi:mycorp-*; comma-separated values allowed.",
+    ),
+    (
+        "cache_release_age_missing",
+        str,
+        "allow",
+        "A version whose publish time is unknown while cache_min_release_age is set: allow (served, and "
+        "logged) or refuse.",
+    ),
+    (
+        "cache_block_advisories",
+        str,
+        "",
+        "A directory or zip of OSV advisories (JSON files, as osv.dev publishes them per ecosystem): the "
+        "PyPI and npm versions that its MAL- (malicious package) advisories name are hidden from metadata "
+        "and their files refused (403). Read again when it changes. Empty: off.",
+    ),
+    (
+        "cache_block_advisories_all",
+        bool,
+        False,
+        "Block the versions named by every advisory in cache_block_advisories, not only MAL- ones.",
+    ),
+    (
+        "cache_record",
+        str,
+        "",
+        "File to append a line to (JSON: key, URL, status, size, sha256) for every entry answered from or "
+        "stored in the cache while set, for `cacheaddon bundle create`. Empty: no recording.",
+    ),
 )
 
 OPTION_NAMES = tuple(name for name, *_ in OPTIONS)
 
+# No object may take more than this share of cache_size_limit: one that large would evict most of the cache
+# (a 30 MiB file in a 20 MiB cache used to be stored, and the cache stayed 5x its limit).
+OBJECT_SHARE = 4
+
 _SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"(\d+)([bkmgt]?)")
+# S3's bucket naming rules (3-63 characters; lower-case letters, digits, dots and hyphens).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+|\d+(?:\.\d+)?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+# Ecosystems as OSV spells them, by the prefix cache_release_age_exempt uses.
+ECOSYSTEMS = {"pypi": "PyPI", "npm": "npm"}
 _HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\[?[0-9a-f:.]+\]?$")
 
 
@@ -158,6 +255,20 @@ class HostPattern:
 
 
 @dataclass(frozen=True)
+class SharedLocation:
+    """Where the shared tier lives: a bucket, a key prefix inside it ("" or ending in "/"), the service."""
+
+    bucket: str
+    prefix: str
+    endpoint: str  # "" for AWS S3 itself
+    region: str  # "" for the standard configuration's
+
+    def __str__(self) -> str:
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+@dataclass(frozen=True)
 class Settings:
     cache_dir: Path
     ttl: int
@@ -168,10 +279,26 @@ class Settings:
     upstream_backoff: int
     offline: bool
     hosts: tuple[HostPattern, ...]
-    max_object_size: int
+    max_object_size: int  # already capped at size_limit // OBJECT_SHARE
     size_limit: int
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
+    shared: SharedLocation | None = None
+    # The supply-chain guard (guard.py); off unless one of the first or the fourth is set.
+    min_release_age: float = 0.0  # seconds
+    min_release_age_text: str = ""  # as the option spelled it, for messages
+    release_age_exempt: tuple[tuple[str, str], ...] = ()  # (OSV ecosystem, fnmatch pattern on the name)
+    release_age_missing: str = "allow"  # or "refuse"
+    block_advisories: Path | None = None
+    block_advisories_all: bool = False
+
+    @property
+    def guard_active(self) -> bool:
+        return self.min_release_age > 0 or self.block_advisories is not None
+    record: Path | None = None
+    env_proxy: bool = False
+    client_timeout: int = 60
+    parents: tuple[Route, ...] = ()  # parent proxies for the cache's own requests, from mitmproxy's options
 
     @functools.cached_property
     def immutable_path(self) -> re.Pattern[str]:
@@ -235,6 +362,30 @@ def parse_host(option: str, text: str) -> HostPattern:
     return HostPattern(host, port)
 
 
+def parse_duration(option: str, text: str) -> float:
+    """Seconds in '3d', '72h', '1d12h', '90m', '30s' or a bare number of seconds."""
+    compact = text.strip().lower().replace(" ", "")
+    if not _DURATION_RE.fullmatch(compact):
+        raise ValueError(
+            f"{option}: {text!r} is not a duration (a number with s, m, h, d or w, e.g. 3d or 72h)"
+        )
+    return sum(float(n) * _DURATION_UNITS[unit or "s"] for n, unit in _DURATION_PART.findall(compact))
+
+
+def parse_exempt(option: str, text: str) -> tuple[str, str]:
+    """'npm:@mycorp/*' -> ('npm', '@mycorp/*'); a PyPI pattern is normalised like the names it matches."""
+    prefix, colon, pattern = text.partition(":")
+    ecosystem = ECOSYSTEMS.get(prefix.strip().lower())
+    if not colon or ecosystem is None or not pattern.strip():
+        raise ValueError(
+            f"{option}: {text!r} is not ecosystem:pattern with ecosystem pypi or npm (e.g. npm:@mycorp/*)"
+        )
+    pattern = pattern.strip()
+    if ecosystem == "PyPI":
+        pattern = re.sub(r"[-_.]+", "-", pattern).lower()
+    return ecosystem, pattern
+
+
 def _parse_port(option: str, text: str, port: str) -> int:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{option}: {text!r} has an invalid port")
@@ -245,6 +396,39 @@ def _non_negative(option: str, value: int) -> int:
     if value < 0:
         raise ValueError(f"{option}: must be 0 or more seconds, got {value}")
     return value
+
+
+def parse_shared(location: str, endpoint: str, region: str) -> SharedLocation | None:
+    location, endpoint, region = location.strip(), endpoint.strip(), region.strip()
+    if not location:
+        for option, value in (("cache_shared_endpoint", endpoint), ("cache_shared_region", region)):
+            if value:
+                raise ValueError(f"{option}: {value!r} has no effect without cache_shared")
+        return None
+    if not location.startswith("s3://"):
+        raise ValueError(f"cache_shared: {location!r} is not an S3 location (s3://BUCKET/PREFIX)")
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"cache_shared: {bucket!r} is not a bucket name (3-63 lower-case letters, digits, dots, hyphens)"
+        )
+    prefix = "/".join(part for part in prefix.split("/") if part)
+    if any(part in (".", "..") for part in prefix.split("/")) or any(ord(c) < 32 for c in prefix):
+        raise ValueError(f"cache_shared: {location!r} has an invalid prefix")
+    if endpoint and not _is_http_url(endpoint):
+        raise ValueError(f"cache_shared_endpoint: {endpoint!r} is not an http(s):// URL")
+    if region and not _REGION_RE.match(region):
+        raise ValueError(f"cache_shared_region: {region!r} is not a region name (e.g. eu-west-1)")
+    return SharedLocation(bucket, prefix + "/" if prefix else "", endpoint.rstrip("/"), region)
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok and not parts.query
 
 
 def default_cache_dir(env: Mapping[str, str]) -> Path:
@@ -273,6 +457,12 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         networks.append(network)
     max_size = parse_size("cache_max_object_size", opts["cache_max_object_size"])
     size_limit = parse_size("cache_size_limit", opts["cache_size_limit"])
+    age_text = str(opts["cache_min_release_age"]).strip()
+    min_age = parse_duration("cache_min_release_age", age_text) if age_text else 0.0
+    missing = str(opts["cache_release_age_missing"]).strip().lower()
+    if missing not in ("allow", "refuse"):
+        raise ValueError(f"cache_release_age_missing: must be allow or refuse, not {missing!r}")
+    advisories = str(opts["cache_block_advisories"]).strip()
     if size_limit < 1024 * 1024:
         raise ValueError(f"cache_size_limit: {opts['cache_size_limit']!r} is too small (at least 1m)")
     return Settings(
@@ -285,10 +475,24 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         upstream_backoff=_non_negative("cache_upstream_backoff", opts["cache_upstream_backoff"]),
         offline=bool(opts["cache_offline"]),
         hosts=tuple(parse_host("cache_hosts", h) for h in split_list(opts["cache_hosts"])),
-        max_object_size=max_size,
+        max_object_size=min(max_size, size_limit // OBJECT_SHARE),
         size_limit=size_limit,
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
+        shared=parse_shared(
+            opts["cache_shared"], opts["cache_shared_endpoint"], opts["cache_shared_region"]
+        ),
+        min_release_age=min_age,
+        min_release_age_text=age_text if min_age > 0 else "",
+        release_age_exempt=tuple(
+            parse_exempt("cache_release_age_exempt", p) for p in split_list(opts["cache_release_age_exempt"])
+        ),
+        release_age_missing=missing,
+        block_advisories=Path(advisories).expanduser() if advisories else None,
+        block_advisories_all=bool(opts["cache_block_advisories_all"]),
+        record=Path(opts["cache_record"]).expanduser().absolute() if opts.get("cache_record") else None,
+        env_proxy=bool(opts["cache_env_proxy"]),
+        client_timeout=_non_negative("cache_client_timeout", opts["cache_client_timeout"]),
     )
 
 

@@ -3,6 +3,8 @@
 Layout in one diskcache directory (process-safe, so several mitmdump processes may share it):
   "m <key>"      -> the Entry record, as JSON bytes (never pickle: a cache directory is not code)
   "b <sha256>"   -> the body; content-addressed, so a record and its body can never disagree silently
+  "v <group>"    -> the keys stored for one URL and credential owner (keys.variant_group), for content
+                    negotiation; a key whose record was evicted stays listed until the group is next written
   "salt"         -> random bytes that credential fingerprints are hashed with
 Bodies are written to a temporary file first and moved into diskcache's directory only when complete, so a
 crash can leave an orphan file but never a half-written body that a record points to.
@@ -19,7 +21,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,7 +29,7 @@ from typing import Any, BinaryIO
 import diskcache
 
 from cacheaddon.entry import Entry
-from cacheaddon.keys import redact
+from cacheaddon.keys import redact, variant_group
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,12 @@ ACCESS_FLUSH = 30.0  # seconds
 # Body files up to this size are read and hashed by lookup() itself (a fraction of a millisecond, the GIL
 # released): most package files, answered in one trip to the database thread instead of two.
 _READ_IN_LOOKUP = 256 * 1024
+# Left free below the size limit after each store: room for the rows and log pages the next store writes
+# before it shrinks the cache again.
+_HEADROOM = 256 * 1024
+# Keys listed per variant group, the most recently stored kept: clients send only a handful of distinct
+# Accept and Accept-Encoding values, and a client making up new ones must not grow a row without bound.
+_VARIANTS_LIMIT = 32
 
 
 class StoreError(Exception):
@@ -124,6 +132,7 @@ def _wrap(exc: BaseException, what: str) -> StoreError:
 class Store:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = directory
+        self.size_limit = size_limit
         try:
             # Private to the proxy's user: records hold URLs (with any token in their query) and private
             # answers. An existing directory keeps the mode its owner gave it.
@@ -135,6 +144,14 @@ class Store:
                 eviction_policy="least-recently-used",
                 disk=_Disk,
                 disk_min_file_size=64 * 1024,
+                # Eviction is ours (shrink): diskcache's own, ten least recently used rows per write once over
+                # the limit, took a body with the record written right after it.
+                cull_limit=0,
+                # The write-ahead log counts against the size limit (see shrink): checkpoint it at 1 MiB
+                # (SQLite's default is 4 MiB) and cut it back to that size afterwards (by default it stays at
+                # its largest).
+                sqlite_wal_autocheckpoint=256,
+                sqlite_journal_size_limit=1024 * 1024,
             )
             self.salt = _salt(directory)
             self._tmp = directory / _TMP
@@ -243,13 +260,17 @@ class Store:
 
     def put_record(self, key: str, entry: Entry) -> None:
         try:
-            self._cache.set("m " + key, json.dumps(entry.to_record()).encode())
+            with self._cache.transact():
+                self._cache.set("m " + key, json.dumps(entry.to_record()).encode())
+                self._list_variant(key, stored=True)
         except Exception as exc:
             raise _wrap(exc, "writing a record") from exc
 
     def delete(self, key: str) -> None:
         try:
-            self._cache.delete("m " + key)
+            with self._cache.transact():
+                self._cache.delete("m " + key)
+                self._list_variant(key, stored=False)
         except Exception as exc:
             raise _wrap(exc, "deleting a record") from exc
 
@@ -304,6 +325,48 @@ class Store:
             if isinstance(body, str):
                 self.discard(body)
         self.put_record(key, entry)
+        self.shrink()
+
+    def shrink(self) -> None:
+        """Evicts least recently used rows until the directory is under size_limit again, after each store.
+        diskcache's own eviction culls ten rows at a time (per write, and in Cache.cull()): too few for a
+        large body, and in a cache of a few large bodies the newest go with the oldest; its volume leaves out
+        the write-ahead log and our unfinished bodies, which count here. Rows go in access order, only as
+        many as the excess needs."""
+        try:
+            target = self.size_limit - _HEADROOM
+            while (excess := self._cache.volume() + self._unaccounted_size() - target) > 0:
+                victims, freed = [], 0
+                for key, size in self._least_recently_used(64):
+                    victims.append(key)
+                    freed += size
+                    if freed >= excess:
+                        break
+                if not victims:
+                    return
+                with self._cache.transact():
+                    for key in victims:
+                        self._cache.delete(key)
+                if self._evict_listener is not None:
+                    self._evict_listener(len(victims), freed)
+        except Exception as exc:
+            raise _wrap(exc, "evicting entries") from exc
+
+    def _least_recently_used(self, count: int) -> list[tuple[str, int]]:
+        # diskcache has no public way to list keys by access time; this is the query its own cull runs for
+        # eviction_policy="least-recently-used" (on its Cache_access_time index).
+        rows = self._cache._sql("SELECT key, size FROM Cache ORDER BY access_time LIMIT ?", (count,))
+        return [(str(key), int(size)) for key, size in rows.fetchall()]
+
+    def _unaccounted_size(self) -> int:
+        total = 0
+        paths = [self.directory / "cache.db-wal", self.directory / "cache.db-shm", *self._tmp.iterdir()]
+        for path in paths:
+            try:
+                total += path.stat().st_size
+            except OSError:  # gone meanwhile
+                pass
+        return total
 
     def read_body(self, entry: Entry, inline_limit: int = 0) -> Body | None:
         """The entry's body, checked against its sha256; None (and the body dropped) when missing or corrupt.
@@ -437,6 +500,7 @@ class Store:
         self.drop_body(entry)
 
     def drop_body(self, entry: Entry) -> None:
+        self.integrity_failed("body")
         with self._lock:
             self._verified.pop(entry.sha256, None)
         try:
@@ -446,3 +510,178 @@ class Store:
 
     def volume(self) -> int:
         return int(self._cache.volume())
+
+    # --- operations: raw scans and batch edits for the operator commands (inventory.py, bundle.py) and the
+    # counters. Reads here go straight to diskcache's table, so that listing or bundling a cache does not
+    # count as using its entries (diskcache's get() moves them up the LRU order); pickled values, which
+    # only a foreign writer could have left, are never loaded.
+
+    _integrity_listener: Callable[[str], None] | None = None
+    _evict_listener: Callable[[int, int], None] | None = None
+
+    def integrity_failed(self, kind: str) -> None:
+        """Tells the counters about a body that did not match its digest ('body', 'published digest')."""
+        if self._integrity_listener is not None:
+            self._integrity_listener(kind)
+
+    def watch(self, on_integrity: Callable[[str], None], on_evict: Callable[[int, int], None]) -> None:
+        """Reports integrity failures and LRU evictions (rows, bytes; see shrink) to the counters."""
+        self._integrity_listener = on_integrity
+        self._evict_listener = on_evict
+
+    def record_rows(self) -> Iterator[tuple[str, Entry | None, float]]:
+        """(key, entry or None when unreadable, last used) of every record, in key order, in pages."""
+        last = "m "
+        while True:
+            try:
+                rows = self._cache._sql(
+                    "SELECT key, access_time, mode, filename, value FROM Cache "
+                    "WHERE raw = 1 AND key > ? AND key < 'm!' ORDER BY key LIMIT 500",
+                    (last,),
+                ).fetchall()
+            except Exception as exc:
+                raise _wrap(exc, "listing records") from exc
+            for key, used, mode, filename, value in rows:
+                yield key[2:], self._decode_record(mode, filename, value), float(used or 0)
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    def _decode_record(self, mode: int, filename: str | None, value: Any) -> Entry | None:
+        try:
+            if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+                return None
+            return Entry.from_record(json.loads(self._cache._disk.fetch(mode, filename, value, False)))
+        except (OSError, ValueError):
+            return None
+
+    def peek_record(self, key: str) -> Entry | None:
+        try:
+            rows = self._cache._sql(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", ("m " + key,)
+            ).fetchall()
+        except Exception as exc:
+            raise _wrap(exc, "reading a record") from exc
+        return self._decode_record(*rows[0]) if rows else None
+
+    def body_rows(self) -> Iterator[tuple[str, float]]:
+        """(sha256, when stored) of every stored body."""
+        last = "b "
+        while True:
+            try:
+                rows = self._cache._sql(
+                    "SELECT key, store_time FROM Cache WHERE raw = 1 AND key > ? AND key < 'b!' "
+                    "ORDER BY key LIMIT 500",
+                    (last,),
+                ).fetchall()
+            except Exception as exc:
+                raise _wrap(exc, "listing bodies") from exc
+            for key, stored in rows:
+                yield key[2:], float(stored or 0)
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    def peek_body(self, sha256: str) -> bytes | BinaryIO | None:
+        """The body as stored (bytes, or an open file the caller closes), unchecked; None when missing."""
+        try:
+            rows = self._cache._sql(
+                "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", ("b " + sha256,)
+            ).fetchall()
+            if not rows or rows[0][0] not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+                return None
+            return self._cache._disk.fetch(*rows[0], True)  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise _wrap(exc, "reading a body") from exc
+
+    def remove(self, keys: Iterable[str] = (), bodies: Iterable[str] = (), digests: bool = False) -> None:
+        """Deletes records and bodies (and with `digests`, every published digest), in batches."""
+        names = [*("m " + k for k in keys), *("b " + b for b in bodies)]
+        try:
+            for start in range(0, len(names), 200):
+                with self._cache.transact():
+                    for name in names[start : start + 200]:
+                        self._cache.delete(name)
+            if digests:
+                for key in list(self._cache.iterkeys()):
+                    if isinstance(key, str) and key.startswith("d "):
+                        self._cache.delete(key)
+        except Exception as exc:
+            raise _wrap(exc, "removing entries") from exc
+        with self._lock:
+            for sha in bodies:
+                self._verified.pop(sha, None)
+
+    def replace_record(self, key: str, seen: Entry, new: Entry) -> bool:
+        """Writes `new` under `key` only if the record there is still `seen` (a proxy may have changed it)."""
+        try:
+            with self._cache.transact():
+                if self.peek_record(key) != seen:
+                    return False
+                self.put_record(key, new)
+        except diskcache.Timeout as exc:
+            raise _wrap(exc, "writing a record") from exc
+        return True
+
+    def record_count(self) -> int:
+        try:
+            ((count,),) = self._cache._sql(
+                "SELECT COUNT(*) FROM Cache WHERE raw = 1 AND key > 'm ' AND key < 'm!'"
+            ).fetchall()
+        except Exception as exc:
+            raise _wrap(exc, "counting records") from exc
+        return int(count)
+
+    def stray_files(self, min_age: float) -> list[Path]:
+        """Files in diskcache's directories that no row names, unchanged for `min_age` seconds (a body being
+        moved into place has its row written a moment later: its ctime is new)."""
+        try:
+            known = {
+                row[0] for row in self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+            }
+        except Exception as exc:
+            raise _wrap(exc, "listing files") from exc
+        cutoff, stray = time.time() - min_age, []
+        for path in self.directory.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*.val"):
+            name = str(path.relative_to(self.directory))
+            try:
+                if name not in known and path.stat().st_ctime < cutoff:
+                    stray.append(path)
+            except OSError:
+                continue
+        return stray
+
+    # variants: the keys stored for one URL and credential owner, for content negotiation
+
+    def variants(self, group: str) -> list[tuple[str, Entry]]:
+        """The records listed for a variant group, as (key, entry); a listed key whose record is gone
+        (evicted, or unreadable) is left out."""
+        try:
+            listed = _listed(self._read("v " + group))
+        except Exception as exc:
+            raise _wrap(exc, "reading the variants of a URL") from exc
+        found = ((key, self.get(key)) for key in listed)
+        return [(key, entry) for key, entry in found if entry is not None]
+
+    def _list_variant(self, key: str, stored: bool) -> None:
+        """Lists (or unlists) a key in its variant group, in the transaction that writes (or deletes) its
+        record; keys whose records were evicted meanwhile are dropped from the list on the way."""
+        row = "v " + variant_group(key)
+        kept = [k for k in _listed(self._cache.get(row)) if k != key and "m " + k in self._cache]
+        if stored:
+            kept = [*kept[-(_VARIANTS_LIMIT - 1) :], key]
+        if kept:
+            self._cache.set(row, json.dumps(kept).encode())
+        else:
+            self._cache.delete(row)
+
+
+def _listed(raw: object) -> list[str]:
+    """The keys of a variant group's row; a damaged row lists none (negotiation then finds nothing)."""
+    try:
+        keys = json.loads(raw) if isinstance(raw, bytes) else []
+    except ValueError:
+        return []
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import httpx
 
+from cacheaddon.parent import Route
 from cacheaddon.policy import HOP_BY_HOP, Failure
 
 logger = logging.getLogger(__name__)
@@ -24,34 +25,40 @@ _HTTPX_DEFAULTS = ("accept", "accept-encoding", "user-agent")
 
 
 class UpstreamFailure(Exception):
-    """The upstream could not give a complete answer; str() is the human reason ('connection refused')."""
+    """The upstream could not give a complete answer; str() is the human reason ('connection refused'), and
+    the failure's kind its label (policy.Failure.kind)."""
 
-    def __init__(self, reason: str, timeout: bool = False) -> None:
+    def __init__(self, reason: str, kind: str, timeout: bool = False) -> None:
         super().__init__(reason)
-        self.failure = Failure(reason, timeout)
+        self.failure = Failure(reason, timeout, kind=kind)
+
+
+def _timed_out(exc: BaseException | None = None) -> UpstreamFailure:
+    return UpstreamFailure("timed out", "timeout", timeout=True)
 
 
 def _tls(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"TLS failure ({getattr(exc, 'reason', None) or exc})")
+    return UpstreamFailure(f"TLS failure ({getattr(exc, 'reason', None) or exc})", "tls")
 
 
 def _protocol(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"protocol error ({exc})")
+    return UpstreamFailure(f"protocol error ({exc})", "protocol")
 
 
 def _connect(exc: BaseException) -> UpstreamFailure:
-    return UpstreamFailure(f"connection failed ({exc})")
+    return UpstreamFailure(f"connection failed ({exc})", "connect")
 
 
 # What each library exception means, most telling first: the whole chain of causes (__cause__, __context__)
 # is searched for each type in turn, so an OS error wrapped by httpcore and then httpx is still recognised.
 _FAILURES: tuple[tuple[type[BaseException], Callable[[BaseException], UpstreamFailure]], ...] = (
-    (httpx.TimeoutException, lambda exc: UpstreamFailure("timed out", timeout=True)),
-    (TimeoutError, lambda exc: UpstreamFailure("timed out", timeout=True)),
-    (socket.gaierror, lambda exc: UpstreamFailure("name resolution failed")),
+    (httpx.TimeoutException, _timed_out),
+    (TimeoutError, _timed_out),
+    (socket.gaierror, lambda exc: UpstreamFailure("name resolution failed", "dns")),
     (ssl.SSLError, _tls),
-    (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused")),
-    (ConnectionResetError, lambda exc: UpstreamFailure("connection reset")),
+    (ConnectionRefusedError, lambda exc: UpstreamFailure("connection refused", "refused")),
+    (ConnectionResetError, lambda exc: UpstreamFailure("connection reset", "reset")),
+    (httpx.ProxyError, lambda exc: UpstreamFailure(f"parent proxy refused ({exc})", "proxy")),
     (httpx.RemoteProtocolError, _protocol),
     (httpx.ConnectError, _connect),
 )
@@ -79,9 +86,10 @@ def classify(exc: BaseException, reading_body: bool = False) -> UpstreamFailure:
         if found is None:
             continue
         if reading_body and kind is httpx.RemoteProtocolError:
-            return UpstreamFailure(_CUT)
+            return UpstreamFailure(_CUT, "truncated")
         return failure(found)
-    return UpstreamFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    # The variable part in parentheses, as in the reasons above: what comes before is a short, fixed text.
+    return UpstreamFailure(f"{type(exc).__name__} ({exc})" if str(exc) else type(exc).__name__, "other")
 
 
 def tls_context(insecure: bool, cafile: str | None, capath: str | None) -> ssl.SSLContext | bool:
@@ -112,13 +120,27 @@ class _NoCookies(httpx.Cookies):
 class UpstreamClient:
     """The HTTP client every upstream request the addon makes goes through."""
 
-    def __init__(self, timeout: int, verify: ssl.SSLContext | bool) -> None:
+    def __init__(
+        self, timeout: int, verify: ssl.SSLContext | bool, parents: Sequence[Route] = ()
+    ) -> None:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=32)
+        # Through a parent proxy (parent.py): CONNECT for https, absolute-form requests for http, with the
+        # parent's credentials as Proxy-Authorization. The same timeouts apply to the parent's answers.
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+            route.pattern: None
+            if route.proxy is None
+            else httpx.AsyncHTTPTransport(
+                verify=verify, limits=limits, trust_env=False, proxy=httpx.Proxy(route.proxy, auth=route.auth)
+            )
+            for route in parents
+        }
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(float(timeout)),
             verify=verify,
             trust_env=False,
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=32),
+            limits=limits,
+            mounts=mounts,
         )
         self._client._cookies = _NoCookies()  # the public setter would copy it into a plain jar
         # httpx's timeouts are per read: a server trickling its response head a byte at a time would never
@@ -144,7 +166,7 @@ class UpstreamClient:
             async with asyncio.timeout(self._head_deadline):
                 return await self._client.send(request, stream=True)
         except TimeoutError:
-            raise UpstreamFailure("timed out", timeout=True) from None
+            raise _timed_out() from None
         except Exception as exc:  # every way an upstream can fail ends up here
             raise classify(exc) from exc
 
@@ -170,4 +192,4 @@ async def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     finally:
         await response.aclose()
     if expected is not None and seen != expected:
-        raise UpstreamFailure(f"body cut short ({seen} of {expected} bytes)")
+        raise UpstreamFailure(f"body cut short ({seen} of {expected} bytes)", "truncated")

@@ -22,7 +22,10 @@ import time
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from cacheaddon import mitmca
 
 WORKER_ENV = "CACHEADDON_WORKER_READY_FD"  # set in a worker: the pipe to write one byte to once listening
 _QUICK_DEATH = 10.0  # seconds: a worker that dies sooner than this after its start is restarted with back-off
@@ -91,13 +94,6 @@ class ReadySignal:
             except OSError:
                 pass
             self.fd = None
-
-
-def ensure_ca(confdir: str, key_size: int = 2048) -> None:
-    """mitmproxy's CA in confdir, created now if missing (by the supervisor, before any worker)."""
-    from mitmproxy import certs
-
-    certs.CertStore.from_store(os.path.expanduser(confdir), "mitmproxy", key_size)
 
 
 @dataclass
@@ -231,7 +227,7 @@ class Supervisor:
 def supervise(count: int, run_args: Sequence[str], confdir: str, key_size: int = 2048) -> int:
     """Run `cacheaddon run RUN_ARGS` as `count` workers until SIGINT/SIGTERM; the exit status."""
     try:
-        ensure_ca(confdir, key_size)
+        mitmca.ensure_ca(Path(confdir), key_size)  # under the lock `cacheaddon env` takes too
     except Exception as exc:  # mitmproxy's CertStore raises OSError and its own errors alike
         print(f"cacheaddon run: cannot create mitmproxy's CA in {confdir}: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import json
 import logging
 import os
 import socket
@@ -25,7 +26,7 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import gate, keys, policy, settings
+from cacheaddon import cli_inventory, counters, gate, keys, policy, settings, startup
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
 from cacheaddon.memo import MEMORY_LIMIT
@@ -171,6 +172,9 @@ def test_configure_parses_the_options(harness: Harness) -> None:
         ("cache_allow_clients", ["not-an-ip"]),
         ("cache_hosts", ["bad host"]),
         ("cache_hosts", ["pypi.org:99999"]),
+        ("cache_shared", "bucket-without-scheme"),
+        ("cache_shared", "s3://No_Such_Name"),
+        ("cache_shared_endpoint", "http://127.0.0.1:8333"),  # without cache_shared
     ],
 )
 def test_a_bad_option_raises_options_error_naming_it(harness: Harness, option: str, value: Any) -> None:
@@ -188,6 +192,26 @@ def test_an_unusable_cache_dir_raises_options_error(harness: Harness, tmp_path: 
     with pytest.raises(OptionsError, match=r"^cache_dir: "):
         harness.tctx.configure(harness.addon, cache_dir=str(tmp_path / "a-file" / "cache"))
     assert harness.addon.settings is not None and harness.addon.settings.cache_dir == harness.cache_dir
+
+
+def test_as_a_script_a_bad_option_stops_a_starting_proxy_and_is_refused_by_a_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    addon = CacheAddon(stop_on_bad_options=True)  # as `mitmdump -s` loads it
+    try:
+        with taddons.context(Proxyserver(), addon) as tctx:
+            tctx.configure(addon, cache_dir=str(tmp_path / "cache"))
+            with pytest.raises(SystemExit) as stopped:
+                tctx.configure(addon, cache_ttl=-1)
+            assert stopped.value.code == 1
+            message = capsys.readouterr().err.splitlines()[-1]
+            assert message.endswith(": cache_ttl: must be 0 or more seconds, got -1")
+            startup.mark_running(tctx.master)  # what running() does first
+            with pytest.raises(OptionsError, match=r"^cache_ttl: "):  # running: refused, never stopped
+                tctx.configure(addon, cache_ttl=-1)
+    finally:
+        addon.done()
 
 
 @pytest.mark.parametrize("preset", ["nothing", "connection_strategy"])
@@ -750,3 +774,112 @@ def test_a_request_target_no_client_can_mean_is_answered_400(harness: Harness, t
     assert f.response is not None and f.response.status_code == 400
     assert f.response.headers["X-Cache-Detail"] == "invalid request target"
     assert b"\x00" not in f.response.content and b"\r\nX-Injected" not in f.response.content
+
+
+# the supply-chain guard
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("cache_min_release_age", "3 days"),
+        ("cache_release_age_exempt", ["mycorp-*"]),
+        ("cache_release_age_missing", "sometimes"),
+        ("cache_block_advisories", "/nonexistent/osv"),
+    ],
+)
+def test_a_bad_guard_option_raises_options_error_naming_it(harness: Harness, option: str, value: Any) -> None:
+    harness.configure()
+    with pytest.raises(OptionsError, match=rf"^{option}: "):
+        harness.configure(**{option: value})
+    assert harness.addon.guard is None
+
+
+def test_the_guard_is_built_only_when_asked_for_and_keeps_its_advisories(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.configure()
+    assert harness.addon.guard is None
+    (tmp_path / "osv").mkdir()
+    harness.configure(cache_block_advisories=str(tmp_path / "osv"))
+    first = harness.addon.guard
+    assert first is not None and first.feed is not None
+    harness.configure(cache_min_release_age="3d")
+    assert harness.addon.guard is not None and harness.addon.guard.feed is first.feed
+    harness.configure(cache_min_release_age="", cache_block_advisories="")
+    assert harness.addon.guard is None
+
+
+def _packument(now: float) -> bytes:
+    versions = {v: {"name": "kilo", "version": v} for v in ("1.0.0", "2.0.0")}
+    times = {
+        "1.0.0": "2020-01-01T00:00:00.000Z",
+        "2.0.0": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+    }
+    doc = {"name": "kilo", "dist-tags": {"latest": "2.0.0"}, "versions": versions, "time": times}
+    return json.dumps(doc).encode()
+
+
+def test_the_guard_filters_a_cached_packument_and_refuses_the_young_tarball(harness: Harness) -> None:
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    url = "https://registry.npmjs.org/kilo"
+    json_accept = {"Accept": "application/json"}
+    harness.store_entry(
+        flow_for(url, headers=json_accept),
+        _packument(time.time()),
+        headers=(("Content-Type", "application/json"), ("ETag", '"up"')),
+    )
+    f = flow_for(url, headers=json_accept)
+    tarball = flow_for("https://registry.npmjs.org/kilo/-/kilo-2.0.0.tgz")
+
+    async def both() -> None:
+        await harness.addon.request(f)
+        await harness.addon.request(tarball)
+
+    harness.live(both)
+    assert f.response is not None and f.response.status_code == 200
+    doc = json.loads(f.response.content or b"")
+    assert list(doc["versions"]) == ["1.0.0"] and doc["dist-tags"] == {"latest": "1.0.0"}
+    assert f.response.headers["X-Cache-Detail"] == (
+        "fresh, offline; filtered: 1 version younger than 3d, latest 2.0.0 -> 1.0.0"
+    )
+    assert f.response.headers["ETag"] != '"up"'
+    assert tarball.response is not None and tarball.response.status_code == 403
+    assert b"kilo 2.0.0 was published" in (tarball.response.content or b"")
+    # Counted where every process on the cache directory adds up (done() flushed them), for stats and metrics.
+    totals = counters.StatsDB(harness.cache_dir).totals()
+    assert totals[counters.series(counters.GUARD_REFUSALS, reason="young", ecosystem="npm")] == 1
+    assert totals[counters.series(counters.GUARD_HIDDEN, reason="young", ecosystem="npm")] == 1
+    assert totals[counters.series(counters.GUARD_FILTERED, ecosystem="npm")] == 1
+    stats = cli_inventory.summary(totals, top=5)["guard"]
+    assert stats["refused_downloads"] == [{"ecosystem": "npm", "reason": "young", "count": 1}]
+    assert (stats["filtered_documents"], stats["undated_versions"]) == (1, 0)
+
+
+def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    files = [
+        {
+            "filename": f"requests-{v}.tar.gz",
+            "url": f"https://files.pythonhosted.org/p/requests-{v}.tar.gz",
+            "hashes": {"sha256": "00"},
+            "upload-time": t,
+        }
+        for v, t in (("1.0", "2020-01-01T00:00:00Z"), ("2.0", young))
+    ]
+    doc = json.dumps({"meta": {"api-version": "1.1"}, "name": "requests", "files": files}).encode()
+    accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
+    harness.store_entry(
+        flow_for(PYPI_INDEX, headers=accept),
+        doc,
+        headers=(("Content-Type", "application/vnd.pypi.simple.v1+json"),),
+    )
+    f = endpoint_flow("/simple/requests/")
+    f.request.headers.update(accept)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 200
+    served = json.loads(f.response.content or b"")
+    assert [x["url"] for x in served["files"]] == [
+        "http://127.0.0.1:8081/_cacheaddon/https/files.pythonhosted.org/p/requests-1.0.tar.gz"
+    ]

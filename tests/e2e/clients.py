@@ -97,11 +97,13 @@ class Proxy:
         modes: Sequence[str] | None = None,
         extra_args: Sequence[str] = (),
         runner: str = "mitmdump",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         """`endpoints`: upstream origins (https://127.0.0.2:PORT) each served as a registry endpoint on a port
         of its own, next to the forward proxy on `port`: `--mode reverse:URL@P` under mitmdump, `--registry
         URL@P` under `runner="cli"` (`cacheaddon run`). `modes`: mitmproxy mode specs given as they are
-        (`--mode SPEC` each; name `regular` yourself to keep the forward proxy). `extra_args` go last."""
+        (`--mode SPEC` each; name `regular` yourself to keep the forward proxy). `extra_args` go last. `env`:
+        variables added to the process's environment (which has no proxy variables of this one's)."""
         if runner not in RUNNERS:
             raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
         self.mitm = mitm
@@ -114,6 +116,7 @@ class Proxy:
         self.runner = runner
         self.modes = list(modes) if modes is not None else None
         self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         # upstream origin -> local port, fixed for the Proxy's life so restarts keep the endpoint URLs
         self.endpoint_ports = {url_origin(url): free_port() for url in endpoints}
 
@@ -221,7 +224,7 @@ class Proxy:
     def start(self) -> Proxy:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"proxy already running (pid {self.proc.pid})")
-        env = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}
+        env = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS} | self.env
         env["PYTHONUNBUFFERED"] = "1"
         argv = self.argv()
         with open(self.log_path, "ab") as log:
@@ -574,12 +577,14 @@ def uv_install(
     timeout: float = 120,
     *,
     extra_args: Iterable[str] = (),
+    settings: Mapping[str, str] | None = None,
 ) -> ClientResult:
-    """`uv pip install --no-cache` into a fresh, pip-less venv (env via uv_env); result.dir is the venv."""
+    """`uv pip install --no-cache` into a fresh, pip-less venv (env via uv_env, then the UV_* `settings`);
+    result.dir is the venv."""
     uv = uv_binary()
     if uv is None:
         raise FileNotFoundError("uv is not installed")
-    env = uv_env(env)
+    env = uv_env(env) | dict(settings or {})
     venv = Path(tempfile.mkdtemp(prefix="uv-venv-", dir=tmp_path))
     made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env, 60, tmp_path)
     made.dir = venv
@@ -606,3 +611,83 @@ def uv_install(
 def run_client(cmd: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 120) -> ClientResult:
     """Any client command, in its own process group, killed after `timeout`; never raises for its failure."""
     return _run(cmd, env, timeout, cwd)
+
+
+# pnpm and the Yarns, installed by scripts/test into the venv's own prefix: client name -> its JS entry point.
+NODE_CLIENTS = BIN.parent / "node-clients" / "node_modules"
+NODE_CLIENT_ENTRIES = {
+    "pnpm": "pnpm/bin/pnpm.cjs",
+    "yarn": "@yarnpkg/cli-dist/bin/yarn.js",  # Yarn Berry (2+)
+    "yarn1": "yarn/bin/yarn.js",  # Yarn classic
+}
+
+
+def node_client(name: str) -> list[str] | None:
+    """The command that runs `name` (pnpm, yarn, yarn1) with this machine's node, or None if not installed."""
+    entry = NODE_CLIENTS / NODE_CLIENT_ENTRIES[name]
+    node = shutil.which("node")
+    return [node, str(entry)] if node and entry.is_file() else None
+
+
+def node_home_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """`env` with a HOME of the test's own (no ~/.npmrc, ~/.yarnrc, ~/.yarnrc.yml, global store or cache of
+    this machine) and no npm_config_* / YARN_* setting of this machine's."""
+    clean = {k: v for k, v in env.items() if not k.upper().startswith(("NPM_CONFIG_", "YARN_", "PNPM_"))}
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".npmrc").write_text("")
+    return clean | {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "npm_config_userconfig": str(home / ".npmrc"),
+        "npm_config_globalconfig": str(home / ".npmrc-global"),
+        "npm_config_update_notifier": "false",
+        "COREPACK_ENABLE_STRICT": "0",
+        "YARN_ENABLE_TELEMETRY": "0",
+        "YARN_ENABLE_GLOBAL_CACHE": "0",
+        "YARN_ENABLE_PROGRESS_BARS": "false",
+    }
+
+
+def pnpm_binary() -> Path | None:
+    """pnpm as scripts/test installs it, into the venv's own prefix from the npm registry; else None."""
+    local = NODE_CLIENTS / ".bin" / "pnpm"
+    return local if local.is_file() else None
+
+
+def pnpm_install(
+    tmp_path: Path,
+    packages: Iterable[str],
+    registry_url: str,
+    env: Mapping[str, str],
+    timeout: float = 120,
+) -> ClientResult:
+    """`pnpm add` in a fresh project with its own store, cache and npmrc (registry, CA file and, given a
+    proxy env, https-proxy); result.dir is the project."""
+    pnpm = pnpm_binary()
+    if pnpm is None:
+        raise FileNotFoundError("pnpm is not installed (scripts/test installs it)")
+    project = Path(tempfile.mkdtemp(prefix="pnpm-", dir=tmp_path))
+    state = Path(tempfile.mkdtemp(prefix="pnpm-state-", dir=tmp_path))
+    (project / "package.json").write_text(
+        json.dumps({"name": "e2e-project", "version": "1.0.0", "private": True}, indent=2) + "\n"
+    )
+    npmrc = [
+        f"registry={registry_url}",
+        f"cafile={env['SSL_CERT_FILE']}",
+        f"store-dir={state / 'store'}",
+        f"cache-dir={state / 'cache'}",
+        "update-notifier=false",
+        "fetch-retries=0",
+    ]
+    if env.get("HTTPS_PROXY"):
+        npmrc += [f"https-proxy={env['HTTPS_PROXY']}", f"proxy={env['HTTPS_PROXY']}"]
+    (project / ".npmrc").write_text("\n".join(npmrc) + "\n")
+    userconfig = state / "user.npmrc"
+    userconfig.write_text("")
+    run_env = {**env, "npm_config_userconfig": str(userconfig), "XDG_DATA_HOME": str(state / "data")}
+    cmd = [str(pnpm), "add", "--reporter=append-only", *packages]
+    result = _run(cmd, run_env, timeout, project)
+    result.dir = project
+    return result

@@ -11,6 +11,7 @@ import pytest
 
 from .clients import MitmConf, Proxy, ProxyFactory
 from .fakeregistry import NPM_INDEX_HOSTNAME, NPM_INDEX_IP, CertPaths, FakeRegistry, make_ca
+from .seaweed import Seaweed
 
 # Loopback addresses (covered by the test certificate) for hosts on a default port: see registry_443.
 DEFAULT_PORT_IPS = tuple(f"127.0.0.{i}" for i in range(6, 10))
@@ -87,7 +88,8 @@ def proxy_factory(
     """start(**options) -> a running Proxy; each start gets a new cache_dir unless `cache_dir=` is given.
     Options become `--set name=value` (lists repeat it, bools are true/false), except these, which go to
     Proxy (see its __init__): `endpoints=[upstream URL, ...]` (registry endpoints, proxy.endpoint(URL)),
-    `modes=[mitmproxy mode spec, ...]`, `extra_args=[...]`, `runner="mitmdump"|"cli"` (`cacheaddon run`)."""
+    `modes=[mitmproxy mode spec, ...]`, `extra_args=[...]`, `runner="mitmdump"|"cli"` (`cacheaddon run`),
+    `env={...}` (added to the process's environment)."""
     counter = itertools.count(1)
 
     def start(**options: object) -> Proxy:
@@ -97,6 +99,7 @@ def proxy_factory(
         modes = cast("Sequence[str] | None", options.pop("modes", None))
         extra_args = cast("Sequence[str]", options.pop("extra_args", ()))
         runner = str(options.pop("runner", "mitmdump"))
+        env = cast("dict[str, str] | None", options.pop("env", None))
         proxy = Proxy(
             mitm_conf,
             certs.ca_cert,
@@ -107,8 +110,42 @@ def proxy_factory(
             modes=modes,
             extra_args=extra_args,
             runner=runner,
+            env=env,
         )
         request.addfinalizer(proxy.stop)
         return proxy.start()
 
     return start
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS S3 server for the session (tests keep apart by prefix, see shared_location); tests that
+    stop or pause a server use seaweed_factory."""
+    server = Seaweed(tmp_path_factory.mktemp("seaweed") / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def seaweed_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Seaweed]:
+    """start() -> a SeaweedFS S3 server of this test's own, stopped at teardown."""
+    counter = itertools.count(1)
+
+    def start() -> Seaweed:
+        server = Seaweed(tmp_path / f"seaweed-{next(counter)}")
+        request.addfinalizer(server.stop)
+        return server.start()
+
+    return start
+
+
+@pytest.fixture
+def shared_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own in the bucket."""
+    return f"t{next(_PREFIXES)}-{request.node.name[:40]}/".replace("[", "-").replace("]", "")
+
+
+_PREFIXES = itertools.count(1)

@@ -10,15 +10,15 @@ crate (JSON lines, with the sha256 cargo checks every .crate against). The downl
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
 import subprocess
-import tarfile
 from dataclasses import dataclass
+from functools import cached_property
 
 from .fakeorigin import FakeOrigin, OriginReply, OriginRequest, not_found
+from .packages import make_tgz
 
 INDEX_IP, DL_IP = "127.0.0.10", "127.0.0.11"
 
@@ -29,7 +29,7 @@ class Crate:
     version: str
     deps: tuple[tuple[str, str], ...] = ()  # (name, version requirement)
 
-    @property
+    @cached_property
     def data(self) -> bytes:
         """The .crate: a gzipped tar of NAME-VERSION/ with its manifest and a library, made reproducibly."""
         manifest = f'[package]\nname = "{self.name}"\nversion = "{self.version}"\nedition = "2021"\n'
@@ -39,13 +39,7 @@ class Crate:
             "Cargo.toml": manifest.encode(),
             "src/lib.rs": f'pub fn name() -> &\'static str {{ "{self.name}" }}\n'.encode(),
         }
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.USTAR_FORMAT) as tar:
-            for path, data in files.items():
-                info = tarfile.TarInfo(f"{self.name}-{self.version}/{path}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
+        return make_tgz({f"{self.name}-{self.version}/{path}": data for path, data in files.items()})
 
     def index_line(self) -> str:
         deps = [

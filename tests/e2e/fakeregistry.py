@@ -20,9 +20,10 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
@@ -73,7 +74,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def make_ca(directory: Path | str) -> CertPaths:
-    """Writes a test CA (ca.pem) and a server cert for 127.0.0.1-127.0.0.9 and localhost into directory."""
+    """Writes a test CA (ca.pem) and a server cert for 127.0.0.1-127.0.0.9, localhost and this machine's name
+    into directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -110,7 +112,9 @@ def make_ca(directory: Path | str) -> CertPaths:
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    # This machine's own name too: clients that never proxy "localhost" (Go) reach a fake by it.
+    names = dict.fromkeys(["localhost", socket.gethostname().lower()])
+    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
     sans += [x509.IPAddress(ipaddress.IPv4Address(f"127.0.0.{i}")) for i in range(1, 10)]
     server_cert = (
         x509.CertificateBuilder()
@@ -270,6 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = chunk[:budget]
                 self.wfile.write(chunk)
                 budget -= len(chunk)
+                self.server.host.count_sent(len(chunk))
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -332,6 +337,7 @@ class FakeHost:
         self._mode = "ok"
         self._lock = threading.Lock()
         self._requests: list[Request] = []
+        self.body_bytes_sent = 0  # response body bytes written, all requests together
         self._conns: set[ssl.SSLSocket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -377,6 +383,10 @@ class FakeHost:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def count_sent(self, n: int) -> None:
+        with self._lock:
+            self.body_bytes_sent += n
 
     def _record(self, request: Request) -> None:
         with self._lock:
@@ -450,6 +460,7 @@ class PyFile:
     filename: str
     data: bytes
     sha256: str
+    published: float | None = None  # its upload-time in the JSON simple API (PEP 700); None: not given
 
 
 @dataclass(frozen=True)
@@ -460,6 +471,7 @@ class NpmVersion:
     data: bytes
     integrity: str
     shasum: str
+    published: float | None = None  # its entry in the packument's time map; None: a fixed old date
 
 
 @dataclass(frozen=True)
@@ -467,12 +479,15 @@ class Blob:
     path: str
     size: int
     chunk_size: int = 64 * 1024
+    delay: float = 0.0  # seconds before each chunk is sent: a slow download, for overlapping requests
 
     def chunks(self) -> Iterator[bytes]:
         """Deterministic bytes, generated chunk by chunk: a seeded block, rotated differently per chunk."""
         block = random.Random(self.path).randbytes(self.chunk_size)
         remaining, i = self.size, 0
         while remaining > 0:
+            if self.delay:
+                time.sleep(self.delay)
             shift = (i * 7919) % self.chunk_size
             chunk = block[shift:] + block[:shift]
             yield chunk[:remaining]
@@ -578,10 +593,13 @@ class FakeRegistry:
         """`index_hostname` names the index host in URLs (default: its IP); see NPM_INDEX_HOSTNAME for why npm
         behind a proxy needs a name. `core_metadata`: the simple API advertises each wheel's PEP 658/714
         metadata file (`<file>.metadata`, always served on the files host). `pypi_formats`: which simple API
-        forms are offered ("json", "html"), whatever the client's Accept. Both can be changed at runtime."""
+        forms are offered ("json", "html"), whatever the client's Accept. Both can be changed at runtime, and
+        so can `project_status` (normalised project name -> PEP 792 status; a quarantined project's pages
+        list no files, as PyPI's do)."""
         self.certs = certs
         self.core_metadata = core_metadata
         self.pypi_formats = tuple(pypi_formats)
+        self.project_status: dict[str, str] = {}
         self._lock = threading.Lock()
         self._pypi: dict[str, list[PyFile]] = {}
         self._files: dict[str, PyFile] = {}
@@ -601,15 +619,21 @@ class FakeRegistry:
 
     # content
 
-    def add_wheel(self, name: str, version: str, deps: Iterable[str] = ()) -> PyFile:
+    def add_wheel(
+        self, name: str, version: str, deps: Iterable[str] = (), published: float | None = None
+    ) -> PyFile:
+        """`published`: the wheel's upload time (seconds since the epoch), given in the JSON pages."""
         filename, data = packages.make_wheel(name, version, tuple(deps))
-        pyfile = PyFile(name, version, filename, data, hashlib.sha256(data).hexdigest())
+        pyfile = PyFile(name, version, filename, data, hashlib.sha256(data).hexdigest(), published)
         with self._lock:
             self._pypi.setdefault(packages.normalize(name), []).append(pyfile)
             self._files[filename] = pyfile
         return pyfile
 
-    def add_npm(self, name: str, version: str, deps: Mapping[str, str] | None = None) -> NpmVersion:
+    def add_npm(
+        self, name: str, version: str, deps: Mapping[str, str] | None = None, published: float | None = None
+    ) -> NpmVersion:
+        """`published`: the version's publish time (seconds since the epoch) in the full packument."""
         data = packages.make_npm_tarball(name, version, deps)
         entry = NpmVersion(
             name,
@@ -618,16 +642,18 @@ class FakeRegistry:
             data,
             packages.npm_integrity(data),
             hashlib.sha1(data).hexdigest(),
+            published,
         )
         with self._lock:
             self._npm.setdefault(name, {})[version] = entry
         return entry
 
-    def add_blob(self, path: str, size: int) -> Blob:
-        """Serves `size` deterministic bytes at `path` on the files host, streamed (see blob_url)."""
+    def add_blob(self, path: str, size: int, delay: float = 0.0) -> Blob:
+        """Serves `size` deterministic bytes at `path` on the files host, streamed (see blob_url), waiting
+        `delay` seconds before each 64 KiB chunk."""
         if not path.startswith("/"):
             raise ValueError("blob path must start with /")
-        blob = Blob(path, size)
+        blob = Blob(path, size, delay=delay)
         with self._lock:
             self._blobs[path] = blob
             self._blob_digests.pop(path, None)
@@ -643,7 +669,7 @@ class FakeRegistry:
         if known is not None:
             return known
         digest = hashlib.sha256()
-        for chunk in blob.chunks():
+        for chunk in replace(blob, delay=0.0).chunks():
             digest.update(chunk)
         with self._lock:
             return self._blob_digests.setdefault(path, digest.hexdigest())
@@ -721,6 +747,11 @@ class FakeRegistry:
     def paths(self, method: str | None = "GET") -> list[str]:
         """Request paths in arrival order, of one method (None: any), as in `"/simple/alpha/" in paths()`."""
         return [r.path for _, r in self.requests if method is None or r.method == method]
+
+    @property
+    def body_bytes_sent(self) -> int:
+        """Response body bytes both hosts have written since they were made."""
+        return sum(host.body_bytes_sent for host in self.hosts)
 
     def clear_requests(self) -> None:
         with self._lock:
@@ -821,6 +852,9 @@ class FakeRegistry:
             return Reply(301, b"", "text/plain", {"Location": f"/simple/{normalized}/"})
         kind = self._simple_kind(request)
         metadata = self.core_metadata
+        status = self.project_status.get(normalized)
+        if status == "quarantined":
+            files = []
         if kind == PYPI_JSON:
 
             def entry(f: PyFile) -> dict[str, object]:
@@ -832,9 +866,20 @@ class FakeRegistry:
                 if metadata:  # PEP 714's name and PEP 658's, as PyPI sends both
                     digest = {"sha256": hashlib.sha256(_wheel_metadata(f)).hexdigest()}
                     item |= {"core-metadata": digest, "dist-info-metadata": digest}
+                if f.published is not None:
+                    item["upload-time"] = _iso(f.published)
                 return item
 
-            doc = {"meta": {"api-version": "1.0"}, "name": normalized, "files": [entry(f) for f in files]}
+            doc: dict[str, object] = {
+                "meta": {"api-version": "1.0"},
+                "name": normalized,
+                "files": [entry(f) for f in files],
+            }
+            if any(f.published is not None for f in files) or status:  # PEP 700's fields, PEP 792's status
+                doc["meta"] = {"api-version": "1.4" if status else "1.1"}
+                doc["versions"] = list(dict.fromkeys(f.version for f in files))
+            if status:
+                doc["project-status"] = {"status": status}
             body = json.dumps(doc, indent=1).encode()
         else:
 
@@ -849,7 +894,7 @@ class FakeRegistry:
                 f"{f.filename}</a><br/>"
                 for f in files
             )
-            body = _html_page(f"Links for {normalized}", links)
+            body = _html_page(f"Links for {normalized}", links, status)
         return self._simple_reply(kind, body)
 
     @staticmethod
@@ -912,7 +957,7 @@ class FakeRegistry:
                 "time": {
                     "created": _iso(packages.FIXED_MTIME),
                     "modified": modified,
-                    **{v.version: _iso(packages.FIXED_MTIME + 60 * i) for i, v in enumerate(versions)},
+                    **{v.version: _iso(_published(v, i)) for i, v in enumerate(versions)},
                 },
                 "readme": f"# {name}\n\nA package of the cacheaddon end-to-end tests.\n",
             }
@@ -927,6 +972,11 @@ class FakeRegistry:
         return Reply(404, b'{"error":"Not found"}', "application/json")
 
 
+def _published(version: NpmVersion, index: int) -> float:
+    """Its own publish time, else a fixed one a minute after the version before."""
+    return version.published if version.published is not None else packages.FIXED_MTIME + 60 * index
+
+
 def _wheel_metadata(pyfile: PyFile) -> bytes:
     """The wheel's .dist-info/METADATA: what PEP 658 serves as `<wheel>.metadata`."""
     with zipfile.ZipFile(io.BytesIO(pyfile.data)) as zf:
@@ -934,10 +984,12 @@ def _wheel_metadata(pyfile: PyFile) -> bytes:
         return zf.read(name)
 
 
-def _html_page(title: str, links: str) -> bytes:
+def _html_page(title: str, links: str, status: str | None = None) -> bytes:
+    status_meta = f'    <meta name="pypi:project-status" content="{html.escape(status)}">\n' if status else ""
     return (
         "<!DOCTYPE html>\n<html>\n  <head>\n"
         '    <meta name="pypi:repository-version" content="1.0">\n'
+        f"{status_meta}"
         f"    <title>{html.escape(title)}</title>\n  </head>\n  <body>\n"
         f"    <h1>{html.escape(title)}</h1>\n{links}\n  </body>\n</html>\n"
     ).encode()

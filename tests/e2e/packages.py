@@ -84,6 +84,13 @@ def make_npm_tarball(name: str, version: str, deps: Mapping[str, str] | None = N
         "package/package.json": (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(),
         "package/index.js": f'module.exports = {{ name: "{name}", version: "{version}" }};\n'.encode(),
     }
+    return make_tgz(files)
+
+
+def make_tgz(files: Mapping[str, bytes]) -> bytes:
+    """A gzip'd tar of `files` (path -> bytes) with identical bytes on every call: fixed mtimes and owners in
+    the tar, and no timestamp in the gzip header (tarfile's "w:gz" writes the current time there, so bytes
+    hashed into an index at one second differ from those served at the next)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for path, data in files.items():

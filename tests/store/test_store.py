@@ -358,34 +358,61 @@ def test_an_unreadable_record_reads_as_a_miss_and_is_dropped(
 # size limit
 
 
-def test_size_limit_eviction_keeps_the_volume_near_the_limit(cache_dir: Path) -> None:
-    limit = MIB
+def directory_size(cache_dir: Path) -> int:
+    """What `du --apparent-size` counts: every file, the SQLite database, its log and unfinished bodies."""
+    return sum(path.stat().st_size for path in cache_dir.rglob("*") if path.is_file())
+
+
+def test_after_each_store_the_directory_is_back_under_the_limit(cache_dir: Path) -> None:
+    """diskcache alone evicts at most ten rows per write and leaves out its write-ahead log and our
+    unfinished bodies: three 30 MiB bodies in a 20 MiB cache once stayed at 5x the limit."""
+    limit, size = 4 * MIB, 300 * 1024
     store = Store(cache_dir, limit)
     try:
         entries = []
-        for i in range(40):
-            body = os.urandom(100 * 1024)
+        for i in range(60):
+            body = os.urandom(size)
             entries.append(entry_for(body, f"https://h/{i}.whl"))
             store.commit(f"k{i}", entries[-1], body)
-            assert store.volume() <= limit + 2 * 100 * 1024
+            store.record_digests({f"https://h/{i}/{j}.whl": "ab" * 32 for j in range(50)})
+            assert directory_size(cache_dir) <= limit + size, i
         assert store.read_body(entries[-1]) is not None
         present = sum(store.read_body(e) is not None for e in entries)
-        assert 0 < present < 20
+        assert 0 < present < limit // size
         assert store.read_body(entries[0]) is None
-        assert len(value_files(cache_dir)) < 20
+    finally:
+        store.close()
+
+
+def test_unfinished_bodies_count_against_the_limit(cache_dir: Path) -> None:
+    limit = 4 * MIB
+    store = Store(cache_dir, limit)
+    try:
+        kept = []
+        for i in range(8):
+            body = os.urandom(300 * 1024)
+            kept.append(entry_for(body, f"https://h/{i}.whl"))
+            store.commit(f"k{i}", kept[-1], body)
+        handle, path = store.new_body_file()  # a download under way, 2 MiB so far
+        with handle:
+            handle.write(os.urandom(2 * MIB))
+        body = os.urandom(300 * 1024)
+        store.commit("last", entry_for(body, "https://h/last.whl"), body)
+        assert directory_size(cache_dir) <= limit
+        store.discard(path)
     finally:
         store.close()
 
 
 def test_eviction_is_least_recently_used(cache_dir: Path) -> None:
-    store = Store(cache_dir, MIB)
+    store = Store(cache_dir, 4 * MIB)
     try:
-        kept_body = os.urandom(100 * 1024)
+        kept_body = os.urandom(300 * 1024)
         kept = entry_for(kept_body, "https://h/kept.whl")
         store.commit("kept", kept, kept_body)
         others = []
         for i in range(30):
-            body = os.urandom(100 * 1024)
+            body = os.urandom(300 * 1024)
             others.append(entry_for(body, f"https://h/{i}.whl"))
             store.commit(f"k{i}", others[-1], body)
             assert store.get("kept") == kept  # used on every build: never the least recently used

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mitmproxy import certs
 
-from cacheaddon import cli
+from cacheaddon import cli, mitmca
 from cacheaddon.clientconfig import CA_VARIABLES, pem_certificates, snippet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,6 +257,29 @@ def test_run_refuses_eager_from_config_yaml(
     assert "connection_strategy must be lazy" in result.stderr
 
 
+@pytest.mark.parametrize("taken", ["forward", "registry"])
+def test_run_names_the_busy_port_and_its_mode(
+    tmp_path: Path, child_env: dict[str, str], standin: list[str], taken: str
+) -> None:
+    """mitmproxy's own message for a busy forward port suggests `--mode regular@PORT+2`, with the presets
+    the npm endpoint's port; ours names the port, the listener and the flag that moves it."""
+    forward, registry = _free_port(), _free_port()
+    busy = forward if taken == "forward" else registry
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", busy))
+        holder.listen()
+        args = ["run", "-p", str(forward), "--registry", f"npm@{registry}", "--set", f"confdir={tmp_path}"]
+        result = _run([*standin, *args], child_env, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "in use" in line]
+    assert line.startswith(f"cacheaddon run: port {busy} is already in use: ")
+    if taken == "forward":
+        assert "HTTP(S) proxy" in line and line.endswith("with -p PORT")
+    else:
+        assert "reverse proxy to https://registry.npmjs.org" in line and "--registry NAME@PORT" in line
+    assert "Try specifying" not in result.stdout + result.stderr
+
+
 def test_run_bad_mitmdump_flag(tmp_path: Path, child_env: dict[str, str], standin: list[str]) -> None:
     result = _run([*standin, "run", "--no-such-flag"], child_env, tmp_path)
     assert result.returncode != 0
@@ -424,14 +448,50 @@ def test_env_evals_in_bash(tmp_path: Path, confdir: Path, child_env: dict[str, s
     assert Path(bundle).is_file()
 
 
-def test_env_without_a_ca_says_how_to_get_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["env", "--confdir", str(tmp_path)]) == 1
+@pytest.mark.parametrize(
+    "spelling", [["--confdir", "{dir}"], ["--set", "confdir={dir}"], ["--set=confdir={dir}"]]
+)
+def test_env_before_the_proxy_ever_ran_creates_the_ca_mitmproxy_will_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: list[str]
+) -> None:
+    confdir = tmp_path / "fresh" / "conf"
+    assert cli.main(["env", *(arg.format(dir=confdir) for arg in spelling)]) == 0
+    assert capsys.readouterr().out.startswith("# CA bundle ")
+    # What mitmproxy loads from that confdir at its start (it creates nothing when the CA exists).
+    store = certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    bundle = pem_certificates((confdir / "cacheaddon-ca-bundle.pem").read_text())
+    assert bundle[-1] == store.default_ca.to_pem().decode().strip()
+
+
+def test_env_and_run_starting_together_make_one_ca(tmp_path: Path) -> None:
+    confdir = tmp_path / "conf"
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: mitmca.ensure_ca(confdir), range(4)))
+    assert len(set(paths)) == 1
+    store = certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+    assert pem_certificates(paths[0].read_text()) == [store.default_ca.to_pem().decode().strip()]
+
+
+def test_env_reads_where_run_listens_from_the_confdir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    confdir = tmp_path / "conf"
+    confdir.mkdir()
+    (confdir / "config.yaml").write_text("listen_port: 9123\ncache_ttl: 60\n")
+    assert cli.main(["env", "--set", f"confdir={confdir}"]) == 0
+    assert "export HTTPS_PROXY=http://127.0.0.1:9123" in capsys.readouterr().out
+
+
+def test_env_refuses_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["env", "--set", "cache_ttl=5"]) == 2
+    assert "--set: only confdir=DIR" in capsys.readouterr().err
+
+
+def test_env_wait_fails_when_no_proxy_listens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy = f"http://127.0.0.1:{_free_port()}"
+    assert cli.main(["env", "--confdir", str(tmp_path), "--proxy", proxy, "--wait", "0.5"]) == 1
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith(f"cacheaddon env: no mitmproxy CA at {tmp_path / 'mitmproxy-ca-cert.pem'}")
-    assert "start the proxy once" in captured.err
-    assert len(captured.err.splitlines()) == 1
-    assert not (tmp_path / "cacheaddon-ca-bundle.pem").exists()
+    assert captured.out == "" and "accepted no connection within 0.5 s" in captured.err
 
 
 @pytest.mark.parametrize(

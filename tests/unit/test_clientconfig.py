@@ -53,6 +53,7 @@ def test_every_client_has_a_comment_first_line_naming_its_file() -> None:
         "gem": ".gemrc",
         "nuget": "NuGet.Config",
         "cargo": "config.toml",
+        "go": "go env",
     }
     assert set(files) == set(CLIENTS)
     for client, name in files.items():
@@ -80,9 +81,18 @@ def test_uv() -> None:
     assert conf == {"index": [{"url": "http://127.0.0.1:8081/simple/", "default": True}]}
 
 
-@pytest.mark.parametrize("client", ["npm", "pnpm"])
-def test_npmrc(client: str) -> None:
-    assert _npmrc(snippet(client)) == {"registry": "http://127.0.0.1:8082/"}
+def test_npmrc_keeps_the_endpoint_out_of_package_lock() -> None:
+    expected = {"registry": "http://127.0.0.1:8082/", "omit-lockfile-registry-resolved": "true"}
+    assert _npmrc(snippet("npm")) == expected
+
+
+def test_pnpmrc_needs_only_the_registry() -> None:
+    # pnpm-lock.yaml names no tarball URL for a package at its registry's usual path
+    assert _npmrc(snippet("pnpm")) == {"registry": "http://127.0.0.1:8082/"}
+
+
+def test_go_proxy_has_no_direct_fallback() -> None:
+    assert snippet("go").splitlines()[1:] == ["go env -w GOPROXY=http://127.0.0.1:8088"]
 
 
 def test_yarn_berry() -> None:

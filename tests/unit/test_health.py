@@ -82,3 +82,20 @@ def test_ending_a_probe_that_never_started_is_harmless() -> None:
     health = HostHealth()
     health.end_probe("pypi.org")
     assert health.start_probe("pypi.org")
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    health = HostHealth()
+    with caplog.at_level("INFO", logger="cacheaddon.health"):
+        for now in (100.0, 101.0, 140.0):  # three failed requests, one after the back-off ran out
+            health.failed("https://pypi.org:443", now, 30, "connection refused")
+        health.succeeded("https://pypi.org:443")
+        health.succeeded("https://pypi.org:443")
+        health.failed("https://files.example:443", 150.0, 30)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("https://pypi.org:443 is failing (connection refused): answering from")
+    assert lines[1] == "https://pypi.org:443 answers again"
+    assert lines[2].startswith("https://files.example:443 is failing: ")

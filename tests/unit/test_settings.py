@@ -273,3 +273,70 @@ def test_an_explicit_cache_dir_wins_and_expands_the_user(monkeypatch: pytest.Mon
     assert settings.from_options({**settings.defaults(), "cache_dir": "~/c"}, env=env).cache_dir == Path(
         "/home/other/c"
     )
+
+
+@pytest.mark.parametrize(
+    ("limit", "max_object", "stored_up_to"),
+    [("20m", "100m", 5 * 1024**2), ("10g", "100m", 100 * 1024**2), ("4m", "0", 0)],
+)
+def test_no_object_may_take_more_than_a_quarter_of_the_cache(
+    limit: str, max_object: str, stored_up_to: int
+) -> None:
+    assert build(cache_size_limit=limit, cache_max_object_size=max_object).max_object_size == stored_up_to
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, None),
+        ({"cache_shared": "s3://fleet-cache"}, settings.SharedLocation("fleet-cache", "", "", "")),
+        ({"cache_shared": "s3://fleet-cache/"}, settings.SharedLocation("fleet-cache", "", "", "")),
+        (
+            {"cache_shared": "s3://fleet.cache/ci//runners/"},
+            settings.SharedLocation("fleet.cache", "ci/runners/", "", ""),
+        ),
+        (
+            {
+                "cache_shared": " s3://b-1/p ",
+                "cache_shared_endpoint": "http://127.0.0.1:8333/",
+                "cache_shared_region": "eu-west-1",
+            },
+            settings.SharedLocation("b-1", "p/", "http://127.0.0.1:8333", "eu-west-1"),
+        ),
+        (
+            {"cache_shared": "s3://b-1", "cache_shared_endpoint": "https://[::1]:9000"},
+            settings.SharedLocation("b-1", "", "https://[::1]:9000", ""),
+        ),
+    ],
+)
+def test_the_shared_tier_location(options: dict[str, str], expected: settings.SharedLocation | None) -> None:
+    assert build(**options).shared == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        ({"cache_shared": "fleet-cache"}, "cache_shared"),
+        ({"cache_shared": "https://bucket.s3.amazonaws.com/x"}, "cache_shared"),
+        ({"cache_shared": "s3://"}, "cache_shared"),
+        ({"cache_shared": "s3://ab"}, "cache_shared"),
+        ({"cache_shared": "s3://Upper-Case"}, "cache_shared"),
+        ({"cache_shared": "s3://under_score"}, "cache_shared"),
+        ({"cache_shared": "s3://a..b"}, "cache_shared"),
+        ({"cache_shared": "s3://" + "b" * 64}, "cache_shared"),
+        ({"cache_shared": "s3://bucket/../escape"}, "cache_shared"),
+        ({"cache_shared": "s3://bucket/a\x01b"}, "cache_shared"),
+        ({"cache_shared": "s3://bucket", "cache_shared_endpoint": "127.0.0.1:8333"}, "cache_shared_endpoint"),
+        ({"cache_shared": "s3://bucket", "cache_shared_endpoint": "ftp://host"}, "cache_shared_endpoint"),
+        ({"cache_shared": "s3://bucket", "cache_shared_endpoint": "http://host:x"}, "cache_shared_endpoint"),
+        ({"cache_shared": "s3://bucket", "cache_shared_endpoint": "http://h:99999"}, "cache_shared_endpoint"),
+        ({"cache_shared": "s3://bucket", "cache_shared_endpoint": "http://h/?a=1"}, "cache_shared_endpoint"),
+        ({"cache_shared": "s3://bucket", "cache_shared_region": "EU West"}, "cache_shared_region"),
+        ({"cache_shared_endpoint": "http://127.0.0.1:8333"}, "cache_shared_endpoint"),
+        ({"cache_shared_region": "eu-west-1"}, "cache_shared_region"),
+    ],
+)
+def test_a_bad_shared_tier_option_is_named(options: dict[str, str], option: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build(**options)
+    assert str(info.value).startswith(f"{option}: ")
