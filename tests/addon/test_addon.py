@@ -856,9 +856,12 @@ def test_the_guard_filters_a_cached_packument_and_refuses_the_young_tarball(harn
     assert (stats["filtered_documents"], stats["undated_versions"]) == (1, 0)
 
 
-def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:
-    harness.configure(cache_offline=True, cache_min_release_age="3d")
-    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+PYPI_JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
+
+
+def _store_pypi_json(harness: Harness, young_upload: float) -> None:
+    """A PEP 691 page for requests with 1.0 (from 2020) and 2.0 (uploaded at young_upload)."""
+    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(young_upload))
     files = [
         {
             "filename": f"requests-{v}.tar.gz",
@@ -869,17 +872,46 @@ def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None
         for v, t in (("1.0", "2020-01-01T00:00:00Z"), ("2.0", young))
     ]
     doc = json.dumps({"meta": {"api-version": "1.1"}, "name": "requests", "files": files}).encode()
-    accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
     harness.store_entry(
-        flow_for(PYPI_INDEX, headers=accept),
+        flow_for(PYPI_INDEX, headers=PYPI_JSON),
         doc,
         headers=(("Content-Type", "application/vnd.pypi.simple.v1+json"),),
     )
+
+
+def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    _store_pypi_json(harness, time.time())
     f = endpoint_flow("/simple/requests/")
-    f.request.headers.update(accept)
+    f.request.headers.update(PYPI_JSON)
     harness.live(lambda: harness.addon.request(f))
     assert f.response is not None and f.response.status_code == 200
     served = json.loads(f.response.content or b"")
     assert [x["url"] for x in served["files"]] == [
         "http://127.0.0.1:8081/_cacheaddon/https/files.pythonhosted.org/p/requests-1.0.tar.gz"
     ]
+
+
+def test_what_the_guard_lets_through_an_endpoint_follows_its_rules_on_every_hit(harness: Harness) -> None:
+    """The rewritten document an endpoint keeps for later hits is the stored one's: a document the guard
+    filtered is rewritten afresh each time, so a version appears once it is old enough and is hidden again
+    when the rules hide it, whatever was served before."""
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    day = 86400.0
+    _store_pypi_json(harness, time.time() - day)
+    guard = harness.addon.guard
+    assert guard is not None
+
+    async def served(days_later: float) -> list[str]:
+        guard.clock = lambda: time.time() + days_later * day
+        f = endpoint_flow("/simple/requests/")
+        f.request.headers.update(PYPI_JSON)
+        await harness.addon.request(f)
+        assert f.response is not None and f.response.status_code == 200
+        return [x["filename"] for x in json.loads(f.response.content or b"")["files"]]
+
+    async def over_time() -> list[list[str]]:
+        return [await served(days) for days in (0, 0, 4, 4, 0)]
+
+    both, old = ["requests-1.0.tar.gz", "requests-2.0.tar.gz"], ["requests-1.0.tar.gz"]
+    assert harness.live(over_time) == [old, old, both, both, old]

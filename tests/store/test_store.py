@@ -19,6 +19,7 @@ import diskcache
 import pytest
 
 from cacheaddon.entry import FORMAT_VERSION, Entry
+from cacheaddon.keys import variant_group
 from cacheaddon.relay import Job, Relay
 from cacheaddon.spool import Spool
 from cacheaddon.store import Store, StoreError
@@ -640,3 +641,27 @@ def test_reads_leave_their_access_times_for_the_next_store(store: Store, cache_d
     store.commit("other", entry_for(LARGE), LARGE)
     assert access_time("m k") > stored
     assert access_time("b " + entry.sha256) > stored
+
+
+def test_listing_the_variants_of_a_url_needs_no_write_lock(store: Store, cache_dir: Path) -> None:
+    """Negotiation lists a URL's variants after a request's own keys missed: a read like a lookup, so it
+    neither queues on SQLite's write lock nor changes the data_version that the hit path's memo relies on."""
+    url = "https://index.example/simple/alpha/"
+    json_key, html_key = f"{url}\naccept=application/json", f"{url}\naccept=text/html"
+    store.commit(json_key, entry_for(SMALL, url), SMALL)
+    store.commit(html_key, entry_for(LARGE, url), LARGE)
+    group = variant_group(json_key)
+    before = store.data_version()
+    writer = sqlite3.connect(cache_dir / "cache.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        found: list[Any] = []
+        reader = threading.Thread(target=lambda: found.append(store.variants(group)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "listing variants waited for the write lock"
+        assert sorted(key for key, _ in found[0]) == sorted([json_key, html_key])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.data_version() == before
