@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -68,13 +69,16 @@ class Entry:
         if not isinstance(record, dict) or record.get("v") != FORMAT_VERSION:
             return None
         try:
+            stored_at, size = float(record["stored_at"]), int(record["size"])
+            if not math.isfinite(stored_at) or size < 0:  # an age that cannot be computed fails every hit
+                raise ValueError(f"stored_at {stored_at}, size {size}")
             return cls(
                 url=str(record["url"]),
                 status=int(record["status"]),
                 reason=str(record["reason"]),
                 headers=tuple((str(k), str(v)) for k, v in record["headers"]),
-                stored_at=float(record["stored_at"]),
-                size=int(record["size"]),
+                stored_at=stored_at,
+                size=size,
                 sha256=str(record["sha256"]),
                 vary=tuple((str(k), str(v)) for k, v in record["vary"]),
                 invalidated=record.get("invalidated") is True,

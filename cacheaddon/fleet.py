@@ -82,6 +82,8 @@ class Fleet:
     # start-up and the conditional-write check
 
     def start(self) -> None:
+        if self.settings.offline:
+            return  # the check writes to the store, for leases, which nothing fetched offline needs
         if self._check is None or self._check.done():
             self._check = tasks.spawn(self._checked())
 
@@ -113,7 +115,8 @@ class Fleet:
             return None
         try:
             records = await asyncio.gather(*(self.tier.get_record(name) for name in names))
-            chosen = sharing.newest(zip(names, records, strict=True), local)
+            found = zip(names, records, strict=True)
+            chosen = sharing.newest(found, local, now, self.settings.max_object_size)
             if chosen is None:
                 return None
             name, entry = chosen
@@ -290,8 +293,10 @@ class Fleet:
 
 def tier_for(settings: Settings, current: SharedTier | None) -> SharedTier | None:
     """The shared tier these settings name: the current one while its location and timings still hold
-    (it keeps its connections, health and start-up check), else a new one (the old is closed)."""
-    wanted = settings.shared
+    (it keeps its connections, health and start-up check), else a new one (the old is closed). None when
+    there is none, or offline: an offline rebuild must depend on nothing on the network, a bucket included,
+    unless cache_shared_offline says otherwise."""
+    wanted = settings.shared if not settings.offline or settings.shared_offline else None
     if current is not None:
         same = (current.location, current.timeout, current.backoff)
         if wanted is not None and same == (wanted, settings.upstream_timeout, settings.upstream_backoff):

@@ -175,6 +175,14 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
         "us-east-1.",
     ),
     (
+        "cache_shared_offline",
+        bool,
+        False,
+        "Under cache_offline, still read the cache_shared tier (for a fleet whose bucket is on its own "
+        "network). Off: an offline proxy contacts nothing, the bucket included, so an offline rebuild "
+        "depends on its local cache alone.",
+    ),
+    (
         "cache_min_release_age",
         str,
         "",
@@ -284,6 +292,7 @@ class Settings:
     allow_clients: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     strict_hosts: bool
     shared: SharedLocation | None = None
+    shared_offline: bool = False  # cache_offline still reads the shared tier
     # The supply-chain guard (guard.py); off unless one of the first or the fourth is set.
     min_release_age: float = 0.0  # seconds
     min_release_age_text: str = ""  # as the option spelled it, for messages
@@ -398,12 +407,14 @@ def _non_negative(option: str, value: int) -> int:
     return value
 
 
-def parse_shared(location: str, endpoint: str, region: str) -> SharedLocation | None:
+def parse_shared(location: str, endpoint: str, region: str, offline: bool = False) -> SharedLocation | None:
     location, endpoint, region = location.strip(), endpoint.strip(), region.strip()
     if not location:
         for option, value in (("cache_shared_endpoint", endpoint), ("cache_shared_region", region)):
             if value:
                 raise ValueError(f"{option}: {value!r} has no effect without cache_shared")
+        if offline:
+            raise ValueError("cache_shared_offline: has no effect without cache_shared")
         return None
     if not location.startswith("s3://"):
         raise ValueError(f"cache_shared: {location!r} is not an S3 location (s3://BUCKET/PREFIX)")
@@ -480,8 +491,12 @@ def from_options(opts: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         allow_clients=tuple(networks),
         strict_hosts=bool(opts["cache_strict_hosts"]),
         shared=parse_shared(
-            opts["cache_shared"], opts["cache_shared_endpoint"], opts["cache_shared_region"]
+            opts["cache_shared"],
+            opts["cache_shared_endpoint"],
+            opts["cache_shared_region"],
+            bool(opts["cache_shared_offline"]),
         ),
+        shared_offline=bool(opts["cache_shared_offline"]),
         min_release_age=min_age,
         min_release_age_text=age_text if min_age > 0 else "",
         release_age_exempt=tuple(

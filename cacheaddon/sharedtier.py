@@ -48,6 +48,8 @@ T = TypeVar("T")
 LEASE_TTL = 15.0  # seconds a lease lives without renewal; its holder renews it every third of that
 _MIN_RATE = 1024 * 1024  # bytes/s a body transfer may not fall below (on top of the per-call timeout)
 _CHUNK = 256 * 1024
+_RECORD_LIMIT = 1024 * 1024  # bytes; a record holds a URL and response fields: larger is not one of ours
+_GRACE = 1.0  # seconds the caller waits beyond a call's bound for the private loop to report its timeout
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _READS, _WRITES = "shared tier", "shared tier writes"  # health keys: a full store still serves reads
 
@@ -215,15 +217,25 @@ class SharedTier:
 
     # the edge: every call goes through _call
 
-    async def _call(self, work: Callable[[Any], Coroutine[Any, Any, T]], write: bool = False) -> T:
-        """Runs work(client) on the private loop with the timeout; raises SharedTierError, _Lost, _Missing.
-        Health is kept on the caller's thread."""
+    async def _call(
+        self, work: Callable[[Any], Coroutine[Any, Any, T]], write: bool = False, limit: float | None = None
+    ) -> T:
+        """Runs work(client) on the private loop, all of it within `limit` seconds (default: the timeout);
+        raises SharedTierError, _Lost, _Missing. Health is kept on the caller's thread."""
         keys = (_READS, _WRITES) if write else (_READS,)
         now = self.clock()
         if any(self._health.backing_off(key, now) for key in keys):
             raise SharedTierError("skipped after a recent failure")
+        bound = self.timeout if limit is None else limit
         try:
-            result = await self._loop.run(self._timed(work))
+            # botocore's timeouts are per socket operation: a store trickling its answer a byte at a time
+            # never trips them. The bound holds on the caller's loop too, even if the private one is stuck.
+            async with asyncio.timeout(bound + _GRACE):
+                result = await self._loop.run(self._timed(work, bound))
+        except TimeoutError:
+            error = SharedTierError("timed out")
+            self._failed(error)
+            raise error from None
         except SharedTierError as exc:
             self._failed(exc)
             raise
@@ -233,11 +245,10 @@ class SharedTier:
         self._recovered(keys)
         return result
 
-    async def _timed(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    async def _timed(self, work: Callable[[Any], Coroutine[Any, Any, T]], bound: float) -> T:
         try:
-            async with asyncio.timeout(self.timeout):
-                client = await self._connect()
-            return await work(client)
+            async with asyncio.timeout(bound):
+                return await work(await self._connect())
         except (SharedTierError, _Lost, _Missing):
             raise
         except Exception as exc:
@@ -319,7 +330,7 @@ class SharedTier:
             await client.delete_object(Bucket=bucket, Key=name)
             return enforced
 
-        self.conditional = await self._call(probe, write=True)
+        self.conditional = await self._call(probe, write=True, limit=2 * self.timeout)
         if self.conditional:
             logger.info(
                 "shared tier %s: reachable, conditional writes enforced (one download per file across the "
@@ -340,18 +351,26 @@ class SharedTier:
         """The Entry stored under a cache key, or None (none, unreadable, or not for this key's URL)."""
         name, bucket = self._name("records", key), self.location.bucket
 
-        async def get(client: Any) -> bytes:
+        async def get(client: Any) -> bytes | None:
             answer = await client.get_object(Bucket=bucket, Key=name)
             async with answer["Body"] as stream:
-                return bytes(await stream.read())
+                if not 0 <= int(answer.get("ContentLength", -1)) <= _RECORD_LIMIT:
+                    return None
+                # read(n) returns what has arrived so far, not n bytes: read until the end.
+                raw = bytearray()
+                while len(raw) <= _RECORD_LIMIT:
+                    if not (chunk := await stream.read(_RECORD_LIMIT + 1 - len(raw))):
+                        break
+                    raw += chunk
+                return bytes(raw)
 
         try:
             raw = await self._call(get)
         except _Missing:
             return None
         try:
-            entry = Entry.from_record(json.loads(raw))
-        except ValueError:
+            entry = None if raw is None else Entry.from_record(json.loads(raw))
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
             entry = None
         if entry is None or entry.url != key.split("\n", 1)[0]:
             logger.warning("shared tier record %s is unreadable or not for its key: ignored", name)
@@ -372,19 +391,21 @@ class SharedTier:
     async def get_body(
         self, sha256: str, size: int, new_file: Callable[[], tuple[BinaryIO, str]], inline_limit: int
     ) -> bytes | str | None:
-        """The body named sha256: bytes up to inline_limit, else the path of a complete temporary file from
-        new_file (the caller owns it). None when missing, or corrupt: a body whose size or sha256 differs is
-        deleted from the store (if it is still the object that was read), logged and never returned."""
+        """The body named sha256 with the size a record gives: bytes up to inline_limit, else the path of a
+        complete temporary file from new_file (the caller owns it). None when missing, corrupt, or not of that
+        size. Only an object whose content does not hash to its name is deleted from the store (if it is
+        still the object that was read): one whose size differs from a record's may be right where the record
+        is wrong, and is left to writers (put_body) to judge."""
         name, bucket = self._body_name(sha256), self.location.bucket
-        limit = self.timeout + size / _MIN_RATE
 
         async def get(client: Any) -> bytes | str | None:
             answer = await client.get_object(Bucket=bucket, Key=name)
+            length = int(answer.get("ContentLength", -1))
             digest, parts, file, path, got = hashlib.sha256(), [], None, None, 0
             try:
-                async with asyncio.timeout(limit), answer["Body"] as stream:
-                    if int(answer.get("ContentLength", -1)) == size:
-                        while got <= size and (chunk := await stream.read(_CHUNK)):
+                async with answer["Body"] as stream:
+                    if 0 <= length <= size:  # a longer object cannot be this body: never read whole
+                        while chunk := await stream.read(_CHUNK):
                             got += len(chunk)
                             digest.update(chunk)
                             if size <= inline_limit:
@@ -404,6 +425,10 @@ class SharedTier:
                     file.close()
                     if path is not None:
                         os.unlink(path)
+            if got != length or digest.hexdigest() == sha256:
+                what = "shared tier object %s has %d bytes where a record says %d: not served"
+                logger.warning(what, name, length, size)
+                return None
             logger.warning("shared tier object %s does not match its sha256: deleted, not served", name)
             try:
                 await client.delete_object(Bucket=bucket, Key=name, IfMatch=answer["ETag"])
@@ -413,26 +438,41 @@ class SharedTier:
             return None
 
         try:
-            return await self._call(get)
+            return await self._call(get, limit=self.timeout + size / _MIN_RATE)
         except _Missing:
             return None
 
     async def put_body(self, sha256: str, size: int, body: bytes | BinaryIO) -> bool:
         """Creates the body named sha256 unless it is there: True when written, False when another writer
-        came first. A file is read from its current position and left open."""
+        came first. An object of another size there is damaged (the caller checked that body hashes to
+        sha256): it is replaced. A file is read from its current position and left open."""
         name, bucket = self._body_name(sha256), self.location.bucket
+        start = 0 if isinstance(body, bytes) else body.tell()
 
-        async def put(client: Any) -> None:
-            async with asyncio.timeout(self.timeout + size / _MIN_RATE):
-                await client.put_object(
-                    Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*"
-                )
-
-        try:
-            await self._call(put, write=True)
-        except _Lost:
+        async def put(client: Any) -> bool:
+            for _ in range(2):
+                if not isinstance(body, bytes):
+                    body.seek(start)
+                try:
+                    await client.put_object(
+                        Bucket=bucket, Key=name, Body=body, ContentLength=size, IfNoneMatch="*"
+                    )
+                    return True
+                except botocore.exceptions.ClientError as exc:
+                    if not isinstance(classify(exc), _Lost):
+                        raise
+                try:
+                    there = await client.head_object(Bucket=bucket, Key=name)
+                    if int(there.get("ContentLength", -1)) == size:
+                        return False
+                    logger.warning("shared tier object %s is not %d bytes long: replaced", name, size)
+                    await client.delete_object(Bucket=bucket, Key=name, IfMatch=there["ETag"])
+                except botocore.exceptions.ClientError as exc:
+                    if not isinstance(classify(exc), (_Lost, _Missing)):
+                        raise
             return False
-        return True
+
+        return await self._call(put, write=True, limit=2 * (self.timeout + size / _MIN_RATE))
 
     # leases
 
@@ -484,7 +524,7 @@ class SharedTier:
                 return lease
             return LeaseState("?", expired=False)
 
-        return await self._call(take, write=True)
+        return await self._call(take, write=True, limit=2 * self.timeout)
 
     async def renew(self, lease: Lease, url: str) -> bool:
         """Extends our lease; False when it is no longer ours (taken over after we failed to renew)."""

@@ -299,7 +299,7 @@ def test_answers_to_credentialed_requests_stay_out_of_the_bucket(
     assert all(b"s3cret" not in seaweed.get(k) for k in keys)
 
 
-def test_a_stale_shared_copy_rescues_an_outage_and_offline_proxies_read_the_tier(
+def test_a_stale_shared_copy_rescues_an_outage_and_offline_proxies_read_the_tier_if_told_to(
     fleet: Fleet, registry: FakeRegistry, seaweed: Seaweed, shared_prefix: str
 ) -> None:
     a = fleet(cache_ttl=1)
@@ -313,7 +313,11 @@ def test_a_stale_shared_copy_rescues_an_outage_and_offline_proxies_read_the_tier
     b = fleet(cache_ttl=1)  # an empty local tier: the shared copy is its entry, stale, and the registry down
     status, headers, got = fetch(b, page, {"Accept": "text/html"})
     assert (status, headers["x-cache"], got) == (200, "STALE", body), b.log_tail()
-    offline = fleet(cache_offline=True)  # never goes upstream, but the shared tier is part of the cache
+    hermetic = fleet(cache_offline=True)  # contacts nothing, the bucket included
+    status, headers, _ = fetch(hermetic, page, {"Accept": "text/html"})
+    assert (status, headers["x-cache-detail"]) == (504, "offline: not in cache"), hermetic.log_tail()
+    assert "shared tier" not in hermetic.log_text()  # not even the start-up check
+    offline = fleet(cache_offline=True, cache_shared_offline=True)  # a bucket on the fleet's own network
     status, headers, got = fetch(offline, page, {"Accept": "text/html"})
     assert (status, headers["x-cache"], got) == (200, "HIT", body), offline.log_tail()
     assert "shared tier" in headers["x-cache-detail"]

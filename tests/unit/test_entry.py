@@ -146,3 +146,19 @@ def test_refreshed_merges_the_304_headers() -> None:
         (("user-agent", "npm/10"),),
         200,
     )
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"stored_at": float("inf")},  # json writes and reads Infinity
+        {"stored_at": float("-inf")},
+        {"stored_at": float("nan")},
+        {"size": -1},
+    ],
+)
+def test_a_record_with_impossible_numbers_reads_as_none(damage: dict[str, Any]) -> None:
+    """A foreign record (a bundle, the shared tier) whose age cannot be computed would fail every request
+    for its URL, and spread: it is unreadable."""
+    record = json.loads(json.dumps({**ENTRY.to_record(), **damage}))
+    assert Entry.from_record(record) is None

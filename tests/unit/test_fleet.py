@@ -27,3 +27,18 @@ def test_the_tier_is_kept_while_its_settings_hold_and_replaced_when_they_change(
         assert fleet.tier_for(build(), third) is None  # cache_shared emptied: no tier
     finally:
         first.close()
+
+
+def test_offline_there_is_no_tier_unless_cache_shared_offline_says_so() -> None:
+    """An offline rebuild must be hermetic: a bucket is on the network too."""
+    shared = {"cache_shared": "s3://fleet-cache/ci"}
+    online = fleet.tier_for(build(**shared), None)
+    assert online is not None
+    try:
+        assert fleet.tier_for(build(**shared, cache_offline=True), online) is None  # and the old one closed
+        assert fleet.tier_for(build(**shared, cache_shared_offline=True), online) is online
+        reading = fleet.tier_for(build(**shared, cache_offline=True, cache_shared_offline=True), None)
+        assert reading is not None
+        reading.close()
+    finally:
+        online.close()

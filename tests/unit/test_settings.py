@@ -334,6 +334,7 @@ def test_the_shared_tier_location(options: dict[str, str], expected: settings.Sh
         ({"cache_shared": "s3://bucket", "cache_shared_region": "EU West"}, "cache_shared_region"),
         ({"cache_shared_endpoint": "http://127.0.0.1:8333"}, "cache_shared_endpoint"),
         ({"cache_shared_region": "eu-west-1"}, "cache_shared_region"),
+        ({"cache_shared_offline": True}, "cache_shared_offline"),
     ],
 )
 def test_a_bad_shared_tier_option_is_named(options: dict[str, str], option: str) -> None:
