@@ -254,6 +254,7 @@ def _master_class(addon_factory: AddonFactory, ready_fd: int | None = None) -> t
                 sys.exit(1)
             # Options are final: drop the addons this run does not use, or every hook is dispatched to them.
             leanaddons.prune(self.addons, self.options)
+            leanaddons.drop_legacy_log_events(self)
             opts = cast(Any, self.options)
             if opts.flow_detail == 0:
                 # mitmproxy's per-connection lines ("client connect") go with its per-flow ones.

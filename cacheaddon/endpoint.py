@@ -13,6 +13,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from cacheaddon import documents, responses, rewrite
 from cacheaddon.keys import redact
+from cacheaddon.memo import Lru
 from cacheaddon.reply import Reply
 from cacheaddon.settings import HostPattern
 
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _RELOCATING = ("location", "content-location")
+_NOT_KEPT = ("content-encoding", "content-length", "accept-ranges")  # of a document sent rewritten
 
 Cached = Callable[[str, int], bool]
 
@@ -57,10 +59,17 @@ def client_base(flow: http.HTTPFlow, host_header: str | None) -> str:
 
 
 async def rewritten(
-    reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached, url: str
+    reply: Reply,
+    base: str,
+    endpoint_origin: rewrite.Origin,
+    cached: Cached,
+    url: str,
+    memo: Lru | None = None,
 ) -> Reply:
     """The reply as the endpoint serves it: links in index documents and redirect targets that point at a
-    cached host point back at the endpoint instead."""
+    cached host point back at the endpoint instead. memo: rewritten documents kept for the settings that
+    `cached` belongs to, by the sha256 of the stored document the reply sends unchanged (reply.sha256: a
+    reply whose body was changed, e.g. filtered by the guard, has none), so a hit rewrites nothing."""
     status, fields = documents.status_fields(reply)
     if 300 <= status < 400:
         _relocate(reply, base, endpoint_origin, cached)
@@ -68,24 +77,41 @@ async def rewritten(
     content_type = documents.field(fields, "content-type") or ""
     if status != 200 or not rewrite.is_rewritable(content_type):
         return reply
+    content_encoding = documents.field(fields, "content-encoding") or ""
+    known = (reply.sha256, content_encoding, base, endpoint_origin) if reply.sha256 else None
+    if known is not None and memo is not None and (done := memo.get(known)) is not None:
+        await reply.discard()
+        return _with_body(reply, status, fields, done)
     body = await documents.read_whole(reply, url, "to rewrite")
     if body is documents.Unread.TOO_LARGE:
         return reply
     if body is documents.Unread.FAILED:
         return documents.unreadable(reply, url, "rewriting")
-    content_encoding = documents.field(fields, "content-encoding") or ""
     new_body = await asyncio.to_thread(
         _decode_and_rewrite, body, content_encoding, base, endpoint_origin, cached
     )
     if new_body is None:
         logger.warning("%s: document could not be decoded for rewriting: served as is", redact(url))
         return Reply(reply.outcome, reply.detail, responses.make(status, "OK", fields, body))
-    # Sent unencoded, whole (a range of the original would not be a range of this) and with the ETag of the
-    # upstream's document, which is what the client's conditional requests are answered against.
-    kept = [
-        (k, v) for k, v in fields if k.lower() not in ("content-encoding", "content-length", "accept-ranges")
-    ]
-    return Reply(reply.outcome, reply.detail, responses.make(status, "OK", kept, new_body))
+    if known is not None and memo is not None:
+        memo.put(known, new_body)
+    return _with_body(reply, status, fields, new_body)
+
+
+def _with_body(reply: Reply, status: int, fields: list[tuple[str, str]], new_body: bytes) -> Reply:
+    """The reply with its document rewritten: sent unencoded, whole (a range of the original would not be a
+    range of this) and with the ETag of the upstream's document, which is what the client's conditional
+    requests are answered against."""
+    if reply.response is not None:  # a hit from memory: its response changes body, not built again
+        response = reply.response
+        for name in _NOT_KEPT:
+            response.headers.pop(name, None)
+        response.headers["content-length"] = str(len(new_body))
+        response.raw_content = new_body
+        return Reply(reply.outcome, reply.detail, response, stored=reply.stored)
+    kept = [(k, v) for k, v in fields if k.lower() not in _NOT_KEPT]
+    response = responses.make(status, "OK", kept, new_body)
+    return Reply(reply.outcome, reply.detail, response, stored=reply.stored)
 
 
 def _relocate(reply: Reply, base: str, endpoint_origin: rewrite.Origin, cached: Cached) -> None:

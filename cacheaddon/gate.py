@@ -119,7 +119,9 @@ async def _carry_out(
             assert_never(where.way)
     if endpoint_origin is not None:
         base = endpoint.client_base(flow, flow.metadata.get(CLIENT_HOST))
-        reply = await endpoint.rewritten(reply, base, endpoint_origin, settings.is_cached_host, where.url)
+        reply = await endpoint.rewritten(
+            reply, base, endpoint_origin, settings.is_cached_host, where.url, service.memo.rewrites
+        )
     return Handled(where.url, reply)
 
 

@@ -214,8 +214,8 @@ class Guard:
         if data is not None:
             screened = await self._screen(content_type, data, url, project, rules, sibling, when)
         if screened is None or screened.body is None:
-            unchanged = responses.make(status, "OK", fields, raw)
-            return Reply(reply.outcome, reply.detail, unchanged, stored=reply.stored)
+            unchanged = responses.make(status, "OK", fields, raw)  # the stored body: memos of it still hold
+            return Reply(reply.outcome, reply.detail, unchanged, stored=reply.stored, sha256=reply.sha256)
         self.counters.guarded(c.GUARD_FILTERED, _ecosystem(content_type))
         for ruling in screened.removed:
             self._record(_HIDDEN, ruling)

@@ -108,3 +108,19 @@ def _remove(addons: Any, addon: object) -> None:
     for part in traverse([addon]):
         addons.chain = [a for a in addons.chain if a is not part]
         addons.lookup.pop(_name(part), None)
+
+
+def drop_legacy_log_events(master: Any) -> bool:
+    """mitmproxy turns every log record, debug ones included, into a deprecated `add_log` event: formatted,
+    handed to the event loop through its self-pipe and dispatched to every addon (a few percent of a hit,
+    which logs one line). None of mitmproxy's own addons listens; it is uninstalled when no addon in the chain
+    does and no script (which could) is loaded. True when it was."""
+    from mitmproxy.addonmanager import traverse
+
+    events = getattr(master, "_legacy_log_events", None)
+    if events is None or "scriptloader" in master.addons.lookup:
+        return False
+    if any(hasattr(addon, "add_log") for addon in traverse(master.addons.chain)):
+        return False
+    events.uninstall()
+    return True

@@ -21,6 +21,7 @@ class Reply:
     response: http.Response | None = None
     job: Job | None = None
     stored: bool = False
+    sha256: str | None = None  # of the stored body it sends whole, unchanged (what memos of it are keyed by)
 
     async def discard(self) -> None:
         """Releases what an unused reply holds: its open file, or its upstream stream."""

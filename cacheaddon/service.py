@@ -22,6 +22,7 @@ from cacheaddon.fleet import Fleet
 from cacheaddon.health import HostHealth
 from cacheaddon.ingest import Ingest
 from cacheaddon.keys import Keys, RequestView, redact
+from cacheaddon.memo import MEMORY_LIMIT, Memo
 from cacheaddon.policy import INLINE_LIMIT, Action, Decision, Outcome
 from cacheaddon.relay import Job
 from cacheaddon.reply import Reply, error
@@ -54,6 +55,7 @@ class CacheService:
         # One thread for SQLite: concurrent transactions only queue on its write lock (and its busy handler
         # sleeps with back-off), one thread runs them back to back. File reads, writes and hashing get a pool.
         self.db_pool, self.pool = pools
+        self.memo = Memo()
         ingest = Ingest(store, pools)
         self.fetcher = Fetcher(settings, store, client, health, ingest, pools, self._serve)
         self.fleet = Fleet(tier, store, ingest, pools[0], settings, INLINE_LIMIT) if tier else None
@@ -78,7 +80,7 @@ class CacheService:
         key = keys.cache_keys(request, self.store.salt)
         pre: Body | BinaryIO | None | bool
         try:
-            entry, pre = await self._db(self.store.lookup, key.lookup_order(), INLINE_LIMIT)
+            entry, pre = await self._lookup(key.lookup_order())
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             entry, pre = None, None
@@ -235,6 +237,7 @@ class CacheService:
         if usable is None:
             return None, None, ranked[0].entry
         entry, pre = self.store.lookup((usable.key,), INLINE_LIMIT)
+        assert not isinstance(pre, bool)  # a body is read unless the caller holds it (`held`)
         if entry != usable.entry:  # replaced since it was ranked: not judged, not served
             _close(pre)
             return None, None, None
@@ -259,17 +262,53 @@ class CacheService:
         finally:
             self.health.end_probe(origin)
 
-    async def _read(self, entry: Entry, pre: Body | BinaryIO | None | bool = False) -> Body | None:
-        """The entry's checked body; `pre` is what lookup() already read (False: nothing yet)."""
+    async def _lookup(self, order: tuple[str, ...]) -> tuple[Entry | None, Body | BinaryIO | None | bool]:
+        """The newest entry under these keys and what lookup() read of its body (False: nothing). From
+        memory, without a trip to the database thread, when no connection committed since it was looked
+        up; the body is not read when the memo holds it."""
+        version = self.store.data_version()  # before the lookup: a commit after it shows as a change
+        entry = self.memo.records.get(order, version)
+        if entry is not None:
+            self.store.note_access(order, entry.sha256)
+            pre: Body | BinaryIO | None | bool = False
+        else:
+            entry, pre = await self._db(self.store.lookup, order, MEMORY_LIMIT, self.memo.bodies.holds)
+            if entry is not None:
+                self.memo.records.put(order, entry, version)
+        if self.store.take_access_flush():
+            asyncio.get_running_loop().run_in_executor(self.db_pool, self.store.flush_access)
+        return entry, pre
+
+    async def _read(
+        self, entry: Entry, pre: Body | BinaryIO | None | bool = False, whole: bool = True
+    ) -> Body | None:
+        """The entry's checked body; `pre` is what lookup() already read (False: nothing yet). In memory
+        (from the memo while its file is unchanged, or read and hashed once, then kept) up to MEMORY_LIMIT
+        while the memo's budget allows, else an open file to stream. Not `whole` (a range is cut from it):
+        as read from the store, never from the memo, so that a file that rotted is found."""
+        held = self.memo.bodies.get(entry.sha256) if whole else None
+        if held is not None:
+            if held.source is None or self.store.unchanged(held.source):
+                _close(pre)
+                return held
+            self.memo.bodies.drop(entry.sha256)  # its file changed: read it again, and check it
+        reserved = self.memo.bodies.reserve(entry.size) if whole else 0
         try:
             value = await self._db(self.store.open_body, entry) if pre is False else pre
-            if value is None or isinstance(value, Body):
-                return value
             assert not isinstance(value, bool)
-            return await self._disk(self.store.check_body, entry, value, INLINE_LIMIT)
+            if value is None or isinstance(value, Body):
+                body = value
+            else:
+                limit = MEMORY_LIMIT if reserved else INLINE_LIMIT
+                body = await self._disk(self.store.check_body, entry, value, limit)
         except StoreError as exc:
             logger.warning("cache unreadable, treating as a miss: %s", exc)
             return None
+        finally:
+            self.memo.bodies.release(reserved)
+        if body is not None and whole:
+            self.memo.bodies.keep(entry.sha256, body)
+        return body
 
     async def _serve(
         self,
@@ -288,27 +327,30 @@ class CacheService:
         if request.method == "HEAD":
             _close(pre)
             return Reply(outcome, detail, responses.head_from_entry(entry, outcome, detail, age))
-        body = await self._read(entry, pre)
-        if body is None:
-            return None
         whole = whole_documents and rewrite.is_rewritable(entry.header("content-type") or "")
         ranged = "range" in request.headers and not whole
         span = conditional.byte_range(request.header("range"), entry.size) if ranged else None
-        if (
+        partial = (
             span is not None
             and entry.status == 200
             and conditional.if_range_allows(entry, request.header("if-range"))
-        ):
+        )
+        body = await self._read(entry, pre, whole=not partial)
+        if body is None:
+            return None
+        if partial:
+            assert span is not None
             if body.file is not None and not await self._verified(entry, body.file):
                 return None
             return self._partial(entry, body, span, outcome, detail, age)
         if body.data is not None:
-            return Reply(outcome, detail, responses.from_entry(entry, body.data, outcome, detail, age))
+            response = responses.from_entry(entry, body.data, outcome, detail, age)
+            return Reply(outcome, detail, response, sha256=entry.sha256)
         assert body.file is not None
         fields = [*responses.served_fields(entry, outcome, detail, age), ("Content-Length", str(entry.size))]
         job = Job(entry.status, entry.reason, fields, file=body.file, length=body.size, sha256=entry.sha256)
         job.on_corrupt = lambda: self._db(self.store.drop_body, entry)
-        return Reply(outcome, detail, job=job)
+        return Reply(outcome, detail, job=job, sha256=entry.sha256)
 
     async def _verified(self, entry: Entry, file: BinaryIO) -> bool:
         try:

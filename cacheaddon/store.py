@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -34,6 +35,20 @@ logger = logging.getLogger(__name__)
 
 _TMP = "tmp"
 _ORPHAN_AGE = 3600  # seconds; an older temporary file belongs to a writer that died
+# diskcache's own read (Cache.get) is a write transaction under its least-recently-used policy (it records
+# the access time), so every hit took SQLite's write lock and processes sharing a directory queued on it.
+# Our reads are plain SELECTs (diskcache's fast path); the access times they would record are kept in memory
+# and written in one transaction before the next store, or after ACCESS_FLUSH seconds (flush_access), so
+# eviction still takes the least recently used rows first.
+_SELECT = (
+    "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
+_TOUCH = "UPDATE Cache SET access_time = MAX(access_time, ?) WHERE key = ? AND raw = 1"
+ACCESS_FLUSH = 30.0  # seconds
+# Body files up to this size are read and hashed by lookup() itself (a fraction of a millisecond, the GIL
+# released): most package files, answered in one trip to the database thread instead of two.
+_READ_IN_LOOKUP = 256 * 1024
 # Left free below the size limit after each store: room for the rows and log pages the next store writes
 # before it shrinks the cache again.
 _HEADROOM = 256 * 1024
@@ -57,6 +72,17 @@ class Body:
     data: bytes | None
     file: BinaryIO | None
     size: int
+    source: FileStamp | None = None  # the file the data was read from, as it was then
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file as it was when read: any write to it changes its size or mtime (or, replaced, its inode)."""
+
+    path: str
+    inode: int
+    size: int
+    mtime_ns: int
 
 
 class _Complete:
@@ -134,9 +160,14 @@ class Store:
             raise _wrap(exc, f"cannot open cache_dir {directory}") from exc
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
+        self._accessed: dict[str, float] = {}  # diskcache key -> when it was last read, not yet written
+        self._flushed = time.monotonic()
+        self._version_db: sqlite3.Connection | None = None
         self._remove_orphans()
 
     def close(self) -> None:
+        if self._version_db is not None:
+            self._version_db.close()
         self._cache.close()
 
     def _remove_orphans(self) -> None:
@@ -148,11 +179,73 @@ class Store:
             except OSError:
                 pass
 
+    # reads (no write transaction) and the access times they leave to write
+
+    def _read(self, key: str, read: bool = False) -> Any:
+        """diskcache's Cache.get without its write: the value, an open file (read=True), or None."""
+        rows = self._cache._sql(_SELECT, (key, time.time())).fetchall()
+        if not rows:
+            return None
+        ((mode, filename, value),) = rows
+        try:
+            found = self._cache.disk.fetch(mode, filename, value, read)
+        except OSError:  # its file vanished (diskcache's get answers None too)
+            return None
+        with self._lock:
+            self._accessed[key] = time.time()
+        return found
+
+    def note_access(self, keys: tuple[str, ...], sha256: str) -> None:
+        """Records that the records under `keys` and their body were just used (for eviction), as reading
+        them does, without reading them."""
+        now = time.time()
+        with self._lock:
+            for key in keys:
+                self._accessed["m " + key] = now
+            self._accessed["b " + sha256] = now
+
+    def take_access_flush(self) -> bool:
+        """True (once per ACCESS_FLUSH seconds) when recorded access times wait to be written: the caller
+        then has flush_access run on the database thread."""
+        with self._lock:
+            if not self._accessed or time.monotonic() - self._flushed < ACCESS_FLUSH:
+                return False
+            self._flushed = time.monotonic()
+            return True
+
+    def flush_access(self) -> None:
+        """Writes the access times recorded since the last flush, in one transaction (never raises)."""
+        with self._lock:
+            pending, self._accessed = self._accessed, {}
+            self._flushed = time.monotonic()
+        if not pending:
+            return
+        try:
+            with self._cache.transact():
+                self._cache._con.executemany(_TOUCH, [(at, key) for key, at in pending.items()])
+        except Exception as exc:  # they only order eviction: never worth failing a store or a hit for
+            logger.warning("could not record when %d cache entries were used: %s", len(pending), exc)
+
+    def data_version(self) -> int | None:
+        """SQLite's data_version as a connection that never writes sees it: it changes whenever any other
+        connection (another thread's or another process's) commits, so a record read while it had a value is
+        still current while it keeps it. Cheap (shared memory; two non-blocking locks): meant for the event
+        loop's thread, the only caller. None when it cannot be read at once."""
+        try:
+            if self._version_db is None:
+                self._version_db = sqlite3.connect(
+                    self.directory / "cache.db", timeout=0, isolation_level=None, check_same_thread=False
+                )
+            row = self._version_db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(row[0])
+
     # records
 
     def get(self, key: str) -> Entry | None:
         try:
-            raw = self._cache.get("m " + key)
+            raw = self._read("m " + key)
         except Exception as exc:
             raise _wrap(exc, "reading a record") from exc
         if raw is None:
@@ -185,7 +278,7 @@ class Store:
 
     def expected_digest(self, url: str) -> str | None:
         try:
-            value = self._cache.get("d " + url)
+            value = self._read("d " + url)
         except Exception as exc:
             raise _wrap(exc, "reading a digest") from exc
         return value if isinstance(value, str) else None
@@ -216,6 +309,7 @@ class Store:
 
     def commit(self, key: str, entry: Entry, body: bytes | str) -> None:
         """Stores a complete body (bytes, or the path of a finished temporary file) and then its record."""
+        self.flush_access()  # before any eviction this store may cause
         try:
             if not self._cache.touch("b " + entry.sha256):
                 if isinstance(body, bytes):
@@ -280,18 +374,24 @@ class Store:
         value = self.open_body(entry)
         return None if value is None else self.check_body(entry, value, inline_limit)
 
-    def lookup(self, keys: tuple[str, ...], inline_limit: int) -> tuple[Entry | None, Body | BinaryIO | None]:
+    def lookup(
+        self, keys: tuple[str, ...], inline_limit: int, held: Callable[[str], bool] = lambda sha256: False
+    ) -> tuple[Entry | None, Body | BinaryIO | None | bool]:
         """The newest record found under `keys` and its body, in one trip to the database thread (the hit
-        path): a checked Body when that is cheap (bytes from the database, or a large file already verified
-        and unchanged: the relay hashes it again while sending), else the open file, for check_body in the
-        I/O pool."""
+        path): a checked Body when that is cheap (bytes from the database, a small file, or a large file
+        already verified and unchanged: the relay hashes it again while sending), else the open file, for
+        check_body in the I/O pool; False (not read) when the caller holds the body already (`held`)."""
         entry = self.newest(keys)
         if entry is None:
             return None, None
+        if held(entry.sha256):
+            with self._lock:
+                self._accessed["b " + entry.sha256] = time.time()
+            return entry, False
         value = self.open_body(entry)
         if value is None:
             return entry, None
-        if isinstance(value, bytes):
+        if isinstance(value, bytes) or entry.size <= _READ_IN_LOOKUP:
             return entry, self.check_body(entry, value, inline_limit)
         if entry.size > inline_limit and self._known_good(entry, value):
             return entry, Body(None, value, entry.size)
@@ -310,7 +410,7 @@ class Store:
     def open_body(self, entry: Entry) -> bytes | BinaryIO | None:
         """The stored body as diskcache gives it (the database part of read_body: bytes or an open file)."""
         try:
-            value = self._cache.get("b " + entry.sha256, read=True)
+            value = self._read("b " + entry.sha256, read=True)
             if value is None:
                 # diskcache answers None when a body's file vanished but its row stayed; drop the row too, or
                 # the next commit would only touch it and the body could never be stored again.
@@ -339,8 +439,11 @@ class Store:
             if entry.size <= inline_limit:
                 # Read into memory anyway, so hashing it always costs little: no trust in earlier checks.
                 with value:
+                    st = os.fstat(value.fileno())
                     data = value.read()
-                return self.check_body(entry, data, inline_limit)
+                body = self.check_body(entry, data, inline_limit)
+                source = FileStamp(str(value.name), st.st_ino, st.st_size, st.st_mtime_ns)
+                return None if body is None else Body(data, None, len(data), source)
             ok = self._verify_file(value, entry)
         except OSError as exc:
             value.close()
@@ -353,6 +456,14 @@ class Store:
         # Larger files are trusted from an earlier check only until they are sent: the relay hashes them on
         # the way and cuts the download short if they no longer match.
         return Body(None, value, entry.size)
+
+    def unchanged(self, source: FileStamp) -> bool:
+        """Whether a file is still as it was when read (a stat: metadata, from the kernel's cache)."""
+        try:
+            st = os.stat(source.path)
+        except OSError:
+            return False
+        return (st.st_ino, st.st_size, st.st_mtime_ns) == (source.inode, source.size, source.mtime_ns)
 
     def verify_whole(self, entry: Entry, handle: BinaryIO) -> bool:
         """Hashes the whole file now, whatever earlier checks said (a byte range is cut from a file, so the
@@ -552,7 +663,7 @@ class Store:
         """The records listed for a variant group, as (key, entry); a listed key whose record is gone
         (evicted, or unreadable) is left out."""
         try:
-            listed = _listed(self._cache.get("v " + group))
+            listed = _listed(self._read("v " + group))
         except Exception as exc:
             raise _wrap(exc, "reading the variants of a URL") from exc
         found = ((key, self.get(key)) for key in listed)

@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -25,9 +26,11 @@ from mitmproxy.exceptions import OptionsError
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from cacheaddon import cli_inventory, counters, keys, policy, settings, startup
+from cacheaddon import cli_inventory, counters, gate, keys, policy, settings, startup
 from cacheaddon.addon import CacheAddon
 from cacheaddon.entry import Entry
+from cacheaddon.memo import MEMORY_LIMIT
+from cacheaddon.store import Store
 
 T = TypeVar("T")
 PYPI_INDEX = "https://pypi.org/simple/requests/"
@@ -58,6 +61,10 @@ class Harness:
 
         return asyncio.run(main())
 
+    def key_of(self, flow: http.HTTPFlow) -> str:
+        assert self.addon.store is not None
+        return keys.cache_key(view_of(flow), self.addon.store.salt)
+
     def store_entry(
         self,
         flow: http.HTTPFlow,
@@ -67,15 +74,13 @@ class Harness:
         status: int = 200,
         headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/octet-stream"),),
         vary: tuple[tuple[str, str], ...] = (),
+        store: Store | None = None,
     ) -> Entry:
-        """Stores body as the answer to flow's request, under the key the addon will look up."""
-        req = flow.request
-        view = keys.RequestView(
-            req.method,
-            keys.normalize_url(req.scheme, req.host, req.port, req.path),
-            {k.lower(): v for k, v in req.headers.items()},
-        )
+        """Stores body as the answer to flow's request, under the key the addon will look up (through
+        `store`: another process's, by default the addon's)."""
+        view = view_of(flow)
         assert self.addon.store is not None
+        store = store or self.addon.store
         entry = Entry(
             view.url,
             status,
@@ -86,8 +91,17 @@ class Harness:
             hashlib.sha256(body).hexdigest(),
             vary,
         )
-        self.addon.store.commit(keys.cache_key(view, self.addon.store.salt), entry, body)
+        store.commit(keys.cache_key(view, store.salt), entry, body)
         return entry
+
+
+def view_of(flow: http.HTTPFlow) -> keys.RequestView:
+    req = flow.request
+    return keys.RequestView(
+        req.method,
+        keys.normalize_url(req.scheme, req.host, req.port, req.path),
+        {k.lower(): v for k, v in req.headers.items()},
+    )
 
 
 @pytest.fixture
@@ -470,7 +484,7 @@ def test_a_range_is_cut_from_the_stored_body(harness: Harness) -> None:
 def test_a_large_hit_is_streamed_through_the_relay(harness: Harness) -> None:
     harness.configure(cache_offline=True)
     url = "https://files.pythonhosted.org/packages/xx/big-1.0.tar.gz"
-    body = bytes(range(256)) * 6000  # ~1.5 MB: above the in-memory limit
+    body = bytes(range(256)) * (MEMORY_LIMIT // 256 + 1)  # above the in-memory limit
     harness.store_entry(flow_for(url), body)
     f = flow_for(url)
 
@@ -500,6 +514,69 @@ def test_a_large_hit_is_streamed_through_the_relay(harness: Harness) -> None:
     assert f.response.stream is True
     harness.addon.response(f)
     assert f.request.url == url  # logs and later addons see the real URL again
+
+
+def test_a_large_body_within_the_memory_limit_is_answered_from_memory(harness: Harness) -> None:
+    harness.configure(cache_offline=True)
+    url = "https://files.pythonhosted.org/packages/xx/mid-1.0.tar.gz"
+    body = bytes(range(256)) * 12000  # 3 MB: no detour through the relay
+    harness.store_entry(flow_for(url), body)
+    f = flow_for(url)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.raw_content == body
+    assert f.response.headers["X-Cache"] == "HIT"
+    assert f.request.url == url
+
+
+def test_a_body_read_into_memory_is_hashed_whatever_earlier_checks_said(harness: Harness) -> None:
+    """Bytes answered from memory are kept for later hits, so they are hashed as they are read, even from a
+    file this process checked before and that kept its inode, size and mtime since (bit rot)."""
+    harness.configure(cache_offline=True)
+    url = "https://files.pythonhosted.org/packages/xx/rot-1.0.tar.gz"
+    body = bytes(range(256)) * 12000
+    entry = harness.store_entry(flow_for(url), body)
+    assert harness.addon.store is not None
+    harness.addon.store.remember_verified(entry)  # as after a download hashed on its way in
+    [val] = list(harness.cache_dir.rglob("*.val"))
+    st = val.stat()
+    with open(val, "r+b") as f:
+        f.seek(len(body) // 2)
+        f.write(b"\xff")
+    os.utime(val, ns=(st.st_atime_ns, st.st_mtime_ns))
+    f = flow_for(url)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 504  # dropped; offline: nothing to serve
+
+
+def test_a_hit_sees_what_another_process_did_to_the_entry_since(harness: Harness) -> None:
+    """A hit answers from what it remembers of the entry only while nothing was committed to the cache
+    since: another process sharing the directory replaces or removes it, and the next hit sees that."""
+    harness.configure(cache_offline=True)
+    harness.store_entry(flow_for(PYPI_INDEX), b"old index")
+    other = Store(harness.cache_dir, 1 << 30)
+
+    async def hits() -> list[tuple[int, bytes | None]]:
+        answers = []
+        for step in ("hit", "hit again", "replaced", "removed"):
+            if step == "replaced":
+                harness.store_entry(flow_for(PYPI_INDEX), b"new index", store=other)
+            elif step == "removed":
+                other.delete(harness.key_of(flow_for(PYPI_INDEX)))
+            f = flow_for(PYPI_INDEX)
+            await harness.addon.request(f)
+            assert f.response is not None
+            answers.append((f.response.status_code, f.response.raw_content if step != "removed" else None))
+        return answers
+
+    try:
+        assert harness.live(hits) == [
+            (200, b"old index"),
+            (200, b"old index"),
+            (200, b"new index"),
+            (504, None),
+        ]
+    finally:
+        other.close()
 
 
 def test_a_request_the_cache_does_not_answer_is_sent_with_our_timeouts(harness: Harness) -> None:
@@ -629,6 +706,30 @@ def test_an_index_served_through_an_endpoint_links_back_to_it(harness: Harness) 
     )
 
 
+def test_an_index_links_back_to_the_address_each_client_used(harness: Harness) -> None:
+    """Rewritten documents are remembered by the stored document and the client's address: a client that
+    reached the endpoint by another address never gets links to the first one's."""
+    harness.configure(cache_offline=True)
+    doc = b'<a href="https://files.pythonhosted.org/packages/aa/r-2.0.tar.gz">r</a>'
+    harness.store_entry(flow_for(PYPI_INDEX), doc, headers=(("Content-Type", "text/html"),))
+    hosts = ("mirror.example:8081", "10.0.0.5:8081", "mirror.example:8081")
+
+    async def answers() -> list[bytes | None]:
+        found = []
+        for host in hosts:
+            f = endpoint_flow("/simple/requests/")
+            f.metadata[gate.CLIENT_HOST] = host
+            await harness.addon.request(f)
+            assert f.response is not None
+            found.append(f.response.raw_content)
+        return found
+
+    assert harness.live(answers) == [
+        f'<a href="http://{host}/_cacheaddon/https/files.pythonhosted.org/packages/aa/r-2.0.tar.gz">r</a>'.encode()
+        for host in hosts
+    ]
+
+
 def test_an_endpoint_route_is_answered_from_the_routed_hosts_entries(harness: Harness) -> None:
     harness.configure(cache_offline=True)
     url = "https://files.pythonhosted.org/packages/aa/requests-2.0.tar.gz"
@@ -755,9 +856,12 @@ def test_the_guard_filters_a_cached_packument_and_refuses_the_young_tarball(harn
     assert (stats["filtered_documents"], stats["undated_versions"]) == (1, 0)
 
 
-def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:
-    harness.configure(cache_offline=True, cache_min_release_age="3d")
-    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+PYPI_JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
+
+
+def _store_pypi_json(harness: Harness, young_upload: float) -> None:
+    """A PEP 691 page for requests with 1.0 (from 2020) and 2.0 (uploaded at young_upload)."""
+    young = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(young_upload))
     files = [
         {
             "filename": f"requests-{v}.tar.gz",
@@ -768,17 +872,46 @@ def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None
         for v, t in (("1.0", "2020-01-01T00:00:00Z"), ("2.0", young))
     ]
     doc = json.dumps({"meta": {"api-version": "1.1"}, "name": "requests", "files": files}).encode()
-    accept = {"Accept": "application/vnd.pypi.simple.v1+json"}
     harness.store_entry(
-        flow_for(PYPI_INDEX, headers=accept),
+        flow_for(PYPI_INDEX, headers=PYPI_JSON),
         doc,
         headers=(("Content-Type", "application/vnd.pypi.simple.v1+json"),),
     )
+
+
+def test_the_guard_filters_before_an_endpoint_rewrites(harness: Harness) -> None:
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    _store_pypi_json(harness, time.time())
     f = endpoint_flow("/simple/requests/")
-    f.request.headers.update(accept)
+    f.request.headers.update(PYPI_JSON)
     harness.live(lambda: harness.addon.request(f))
     assert f.response is not None and f.response.status_code == 200
     served = json.loads(f.response.content or b"")
     assert [x["url"] for x in served["files"]] == [
         "http://127.0.0.1:8081/_cacheaddon/https/files.pythonhosted.org/p/requests-1.0.tar.gz"
     ]
+
+
+def test_what_the_guard_lets_through_an_endpoint_follows_its_rules_on_every_hit(harness: Harness) -> None:
+    """The rewritten document an endpoint keeps for later hits is the stored one's: a document the guard
+    filtered is rewritten afresh each time, so a version appears once it is old enough and is hidden again
+    when the rules hide it, whatever was served before."""
+    harness.configure(cache_offline=True, cache_min_release_age="3d")
+    day = 86400.0
+    _store_pypi_json(harness, time.time() - day)
+    guard = harness.addon.guard
+    assert guard is not None
+
+    async def served(days_later: float) -> list[str]:
+        guard.clock = lambda: time.time() + days_later * day
+        f = endpoint_flow("/simple/requests/")
+        f.request.headers.update(PYPI_JSON)
+        await harness.addon.request(f)
+        assert f.response is not None and f.response.status_code == 200
+        return [x["filename"] for x in json.loads(f.response.content or b"")["files"]]
+
+    async def over_time() -> list[list[str]]:
+        return [await served(days) for days in (0, 0, 4, 4, 0)]
+
+    both, old = ["requests-1.0.tar.gz", "requests-2.0.tar.gz"], ["requests-1.0.tar.gz"]
+    assert harness.live(over_time) == [old, old, both, both, old]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .clients import Proxy, ProxyFactory, cache_outcomes, client_env, fetch, pip_install, report
+from .fakeorigin import wait_for
 from .fakeregistry import FakeRegistry
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +32,9 @@ def test_a_pip_install_logs_one_line_per_client_request(
     result = pip_install(tmp_path, ["foxtrot", "alpha"], registry.pypi_url, client_env(proxy))
     assert result.returncode == 0, report(result, proxy)
     assert fetch(proxy, registry.blob_url("/blobs/big.bin"))[0] == 200
+    # A relayed answer is logged by the response hook, which mitmproxy runs once the last byte was sent: the
+    # client can be done a moment before.
+    wait_for(lambda: registry.blob_url("/blobs/big.bin") in proxy.log_text(mark), timeout=10)
     lines = new_lines(proxy, mark)
     requests = cache_outcomes("\n".join(lines))
     # foxtrot needs echo: three index pages and three wheels, then the blob.

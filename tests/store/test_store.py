@@ -7,6 +7,8 @@ import errno
 import hashlib
 import json
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +19,7 @@ import diskcache
 import pytest
 
 from cacheaddon.entry import FORMAT_VERSION, Entry
+from cacheaddon.keys import variant_group
 from cacheaddon.relay import Job, Relay
 from cacheaddon.spool import Spool
 from cacheaddon.store import Store, StoreError
@@ -573,3 +576,92 @@ def test_lookup_takes_the_newest_record_of_its_keys(store: Store) -> None:
         assert entry == new
     entry, _ = store.lookup(("shared", "absent"), 1 << 20)
     assert entry == old
+
+
+# the hit path: reads are not writes
+
+
+def test_a_lookup_needs_no_write_lock(store: Store, cache_dir: Path) -> None:
+    """diskcache's least-recently-used reads are write transactions: processes sharing a directory then
+    queued on SQLite's write lock on every hit. Another writer holding it must not hold up a hit."""
+    entry = entry_for(SMALL)
+    store.commit("k", entry, SMALL)
+    writer = sqlite3.connect(cache_dir / "cache.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        found: list[Any] = []
+        reader = threading.Thread(target=lambda: found.append(store.lookup(("k",), 1 << 20)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the lookup waited for the write lock"
+        [(got, body)] = found
+        assert got == entry and body.data == SMALL
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_the_data_version_changes_with_every_commit_of_another_store_only(cache_dir: Path) -> None:
+    """What the hit path's record memo relies on: anything another process (another Store on the same
+    directory) or another thread commits changes it; reads do not."""
+    store, other = Store(cache_dir, 1 << 30), Store(cache_dir, 1 << 30)
+    try:
+        store.commit("k", entry_for(SMALL), SMALL)
+        before = store.data_version()
+        assert before is not None
+        store.lookup(("k",), 1 << 20)
+        other.lookup(("k",), 1 << 20)
+        assert store.data_version() == before
+        other.commit("k", entry_for(LARGE), LARGE)
+        after = store.data_version()
+        assert after != before
+        with ThreadPoolExecutor(1) as thread:  # this store's own writes, from its database thread
+            thread.submit(store.delete, "k").result()
+        assert store.data_version() != after
+    finally:
+        store.close()
+        other.close()
+
+
+def test_reads_leave_their_access_times_for_the_next_store(store: Store, cache_dir: Path) -> None:
+    """Eviction still takes the least recently used rows first: access times are written in one
+    transaction, before the next store (or by the timer), not by each read."""
+
+    def access_time(key: str) -> float:
+        with sqlite3.connect(cache_dir / "cache.db") as con:
+            [(at,)] = con.execute("SELECT access_time FROM Cache WHERE key = ?", (key,)).fetchall()
+        return float(at)
+
+    entry = entry_for(SMALL)
+    store.commit("k", entry, SMALL)
+    stored = access_time("m k")
+    time.sleep(0.01)
+    store.lookup(("k",), 1 << 20)
+    assert access_time("m k") == stored
+    store.commit("other", entry_for(LARGE), LARGE)
+    assert access_time("m k") > stored
+    assert access_time("b " + entry.sha256) > stored
+
+
+def test_listing_the_variants_of_a_url_needs_no_write_lock(store: Store, cache_dir: Path) -> None:
+    """Negotiation lists a URL's variants after a request's own keys missed: a read like a lookup, so it
+    neither queues on SQLite's write lock nor changes the data_version that the hit path's memo relies on."""
+    url = "https://index.example/simple/alpha/"
+    json_key, html_key = f"{url}\naccept=application/json", f"{url}\naccept=text/html"
+    store.commit(json_key, entry_for(SMALL, url), SMALL)
+    store.commit(html_key, entry_for(LARGE, url), LARGE)
+    group = variant_group(json_key)
+    before = store.data_version()
+    writer = sqlite3.connect(cache_dir / "cache.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        found: list[Any] = []
+        reader = threading.Thread(target=lambda: found.append(store.variants(group)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "listing variants waited for the write lock"
+        assert sorted(key for key, _ in found[0]) == sorted([json_key, html_key])
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.data_version() == before

@@ -4,6 +4,7 @@ options are final."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,32 @@ def test_an_addon_that_cannot_be_probed_is_kept() -> None:
             pass
 
     assert leanaddons.declared_options(Needy(1)) is None
+
+
+def _legacy_installed(m: DumpMaster) -> bool:
+    return m._legacy_log_events in logging.getLogger().handlers
+
+
+def test_log_records_are_not_turned_into_add_log_events_nobody_listens_to(master: DumpMaster) -> None:
+    assert _legacy_installed(master)
+    leanaddons.prune(master.addons, master.options)
+    assert leanaddons.drop_legacy_log_events(master)
+    assert not _legacy_installed(master)
+
+
+def test_an_addon_listening_to_add_log_keeps_them(master: DumpMaster) -> None:
+    class Listener:
+        def add_log(self, entry: object) -> None:
+            pass
+
+    master.addons.add(Listener())
+    leanaddons.prune(master.addons, master.options)
+    assert not leanaddons.drop_legacy_log_events(master)
+    assert _legacy_installed(master)
+    master._legacy_log_events.uninstall()
+
+
+def test_a_script_could_listen_to_add_log_so_they_stay(master: DumpMaster) -> None:
+    assert "scriptloader" in master.addons.lookup  # not pruned: as when -s was given
+    assert not leanaddons.drop_legacy_log_events(master)
+    master._legacy_log_events.uninstall()
