@@ -77,6 +77,9 @@ class Pump:
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_OWNER_QUEUE)
         self._owner_here = True
         self._ending = False  # the upstream body ended (whole or not): what follows is never cancelled
+        # A task cancelled before its first step never runs its body (no landing, no cleanup): until it has
+        # started, _maybe_stop leaves the stopping to _run.
+        self._started = False
         if growing is not None:
             growing.on_idle = self._maybe_stop
         self._task = tasks.spawn(self._run())
@@ -88,9 +91,12 @@ class Pump:
             self._flight.land(landing)
 
     async def _run(self) -> None:
+        self._started = True
         done = False
         try:
             try:
+                if self._unread():  # everyone left before it started (a reply discarded at once)
+                    raise asyncio.CancelledError
                 async for chunk in self._chunks:
                     await self._spool.write(chunk)
                     if self._spool.unusable and self._growing is not None and not self._growing.ended:
@@ -157,8 +163,11 @@ class Pump:
             self._queue.get_nowait()
         self._maybe_stop()
 
+    def _unread(self) -> bool:
+        readers = self._growing.readers if self._growing is not None and not self._growing.ended else 0
+        return not self._owner_here and readers == 0
+
     def _maybe_stop(self) -> None:
         """Stops the download once no client reads it any more."""
-        readers = self._growing.readers if self._growing is not None and not self._growing.ended else 0
-        if not self._owner_here and readers == 0 and not self._ending and not self._task.done():
+        if self._unread() and self._started and not self._ending and not self._task.done():
             self._task.cancel()

@@ -179,3 +179,22 @@ def test_a_failure_reaches_the_owner_the_joiners_and_the_flight(tmp_path: Path, 
         assert s.upstream.closed and list(tmp_path.iterdir()) == []
 
     run(main())
+
+
+def test_an_owner_gone_before_the_download_started_still_lands_the_flight(tmp_path: Path) -> None:
+    """A reply discarded at once (a background probe's, or one the guard answers 304 for) closes the owner's
+    stream before the download task first ran: a task cancelled then never enters its body, so the flight,
+    its lease and the upstream stream were never released, and every later request joined a dead flight."""
+
+    async def main() -> None:
+        s = Setup(tmp_path, DATA)
+        await s.pump.owner_left()  # no await in between: the task has not had its first step
+        for _ in range(100):
+            if s.upstream.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert s.flight.landing is not None and s.flight.landing.kind is Kind.ABANDONED
+        assert s.growing is not None and s.growing.ended
+        assert s.upstream.closed and s.committed == []
+
+    run(main())
