@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, assert_never
+from typing import Any, TypeVar, assert_never
 
 from cacheaddon import keys, policy, responses, tasks
 from cacheaddon.entry import Entry
@@ -43,6 +43,8 @@ from cacheaddon.singleflight import ABANDONED, Flight, FlightBroken, Flights, Gr
 from cacheaddon.store import Store
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The owner's "do the download" step: the fetcher's fetch, publishing into the flight (None: alone).
 Download = Callable[[Flight | None], Awaitable[Reply]]
@@ -175,24 +177,35 @@ class Cooperation:
         leases = self.leases
         if leases is None:
             return await download(flight)
+        try:
+            return await self._lease(flight, leases, request, key, download)
+        except _NoLease as exc:  # leases only save downloads: without one, this process's flight still works
+            logger.warning("a download not shared with other processes (cannot use its lease): %s", exc)
+            return await download(flight)
+
+    async def _lease(
+        self, flight: Flight, leases: Leases, request: RequestView, key: Keys, download: Download
+    ) -> Reply:
+        """_own with the lease's files usable; _NoLease (raised only before any download started) when they
+        are not."""
         name = lease_name(key.coded)
         deadline = time.monotonic() + self.stall
         waited = False
-        got: Lease | Seen | None = await tasks.run_in(self.pool, leases.acquire, name)
+        got: Lease | Seen | None = await self._io(leases.acquire, name)
         while True:
             if isinstance(got, Lease):
                 if waited:  # the other process is done: check again before fetching
                     reply = await self._look_again(flight, request, key)
                     if reply is not None:
-                        await tasks.run_in(self.pool, leases.release, got)
+                        await self._release(leases, got)
                         return reply
                 return await self._holding(flight, leases, got, download)
             if got is not None and judge(got, time.time()) is Verdict.EXPIRED:
-                got = await tasks.run_in(self.pool, leases.take_over, name, got)
+                got = await self._io(leases.take_over, name, got)
                 waited = True
                 continue
             if got is not None:
-                announced = await tasks.run_in(self.pool, leases.announced, name, got.holder)
+                announced = await self._io(leases.announced, name, got.holder)
                 if announced is not None:
                     reply = await self._follow(flight, leases, name, got, announced, request, key, download)
                     if reply is not None:
@@ -204,7 +217,21 @@ class Cooperation:
                 )
                 return await download(flight)
             await asyncio.sleep(POLL)
-            got = await tasks.run_in(self.pool, leases.acquire, name)
+            got = await self._io(leases.acquire, name)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """A lease's file I/O in the pool; _NoLease when the flights directory cannot be used (removed,
+        unwritable, a full disk)."""
+        try:
+            return await tasks.run_in(self.pool, fn, *args)
+        except OSError as exc:
+            raise _NoLease(str(exc)) from exc
+
+    async def _release(self, leases: Leases, lease: Lease) -> None:
+        try:
+            await tasks.run_in(self.pool, leases.release, lease)
+        except OSError as exc:  # left to expire: others take it over after STALE_AFTER seconds
+            logger.warning("could not release a download's lease: %s", exc)
 
     async def _look_again(self, flight: Flight, request: RequestView, key: Keys) -> Reply | None:
         """The entry another process stored while we waited, if it is there, fresh and suits the request."""
@@ -223,7 +250,7 @@ class Cooperation:
 
         def release() -> None:
             renewing.cancel()
-            tasks.spawn(tasks.run_in(self.pool, leases.release, lease))
+            tasks.spawn(self._release(leases, lease))
 
         flight.on_land(release)
         reply = await download(flight)
@@ -312,6 +339,10 @@ class Cooperation:
             return
         growing.complete(entry.sha256, entry.size)  # each reader checks what it sent against it
         flight.land(Landing(Kind.STORED, entry, Outcome.MISS, _BY_OTHER))
+
+
+class _NoLease(Exception):
+    """The lease's files cannot be used: download without one."""
 
 
 def _broke(flight: Flight, growing: Growing, reason: str) -> None:

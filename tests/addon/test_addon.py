@@ -915,3 +915,19 @@ def test_what_the_guard_lets_through_an_endpoint_follows_its_rules_on_every_hit(
 
     both, old = ["requests-1.0.tar.gz", "requests-2.0.tar.gz"], ["requests-1.0.tar.gz"]
     assert harness.live(over_time) == [old, old, both, both, old]
+
+
+def test_a_miss_is_answered_when_the_leases_cannot_be_written(harness: Harness) -> None:
+    """Leases only save downloads: a flights directory that cannot be used (removed, unwritable, a full
+    disk) must not turn a miss into a traceback."""
+    port = closed_port()
+    harness.configure(cache_hosts=[f"127.0.0.1:{port}"])
+    url = f"http://127.0.0.1:{port}/simple/pkg/"
+    flights = harness.cache_dir / "flights"
+    for path in flights.iterdir():
+        path.unlink()
+    flights.rmdir()
+    f = flow_for(url)
+    harness.live(lambda: harness.addon.request(f))
+    assert f.response is not None and f.response.status_code == 502
+    assert f.response.headers["X-Cache-Detail"] == "upstream connection refused"
