@@ -151,6 +151,9 @@ class Leases:
             return seen if seen is not None else Seen(Holder(), time.time(), None)
         try:
             os.write(fd, json.dumps(holder.to_json()).encode())
+        except OSError:  # a full disk: an empty lease would hold the key for STALE_AFTER seconds
+            _unlink(path)
+            raise
         finally:
             os.close(fd)
         return Lease(name, holder)

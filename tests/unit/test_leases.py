@@ -194,3 +194,25 @@ def test_leftovers_are_what_no_download_in_progress_needs(tmp_path: Path) -> Non
     found = sorted(p.name for p in leftovers(leases.directory, later))
     assert found == sorted(["gone.aaaa.partial", f"gone.{gone.holder.token}.head", "gone.lease"])
     assert leftovers(tmp_path / "no such directory", later) == []
+
+
+def test_a_lease_that_cannot_be_written_is_not_left_behind(tmp_path: Path) -> None:
+    """A full disk fails the lease's write after its file was created: an empty lease left there would hold
+    the key against every process for STALE_AFTER seconds. (A file size limit makes the write fail.)"""
+    leases = Leases(tmp_path)
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cacheaddon.leases import Leases\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))\n"
+        "try:\n"
+        "    Leases(Path(sys.argv[1])).acquire('k')\n"
+        "except OSError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "OSError"
+    assert leases.look("k") is None
