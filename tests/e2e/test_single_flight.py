@@ -259,8 +259,10 @@ def test_concurrent_revalidations_make_one_conditional_request(
     assert conditional[0].headers.get("if-none-match") == '"v1"'
     for result in results:
         assert result.error is None, f"{result.error!r}\n{proxy.log_tail()}"
-        assert (result.status, result.x_cache) == (200, "REVALIDATED")
+        # A client the machine's load delays until the revalidation has landed gets the refreshed entry.
+        assert (result.status, result.x_cache) in ((200, "REVALIDATED"), (200, "HIT"))
         assert bytes(result.body) == data
+    assert any(result.x_cache == "REVALIDATED" for result in results)
 
 
 def test_clients_that_leave_do_not_stop_the_others(origin: FakeOrigin, proxy_factory: ProxyFactory) -> None:
