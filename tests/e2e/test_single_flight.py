@@ -167,8 +167,10 @@ def test_concurrent_misses_make_one_upstream_request(origin: FakeOrigin, proxy_f
     assert asked(origin, "/files/one-5m.tar.gz") == 1, proxy.log_tail()
     for result in results:
         assert result.error is None, f"{result.error!r}\n{proxy.log_tail()}"
-        assert (result.status, result.x_cache) == (200, "MISS")
+        # A client the machine's load delays until the download has landed gets the stored entry.
+        assert (result.status, result.x_cache) in ((200, "MISS"), (200, "HIT"))
         assert sha256(bytes(result.body)) == sha256(data)
+    assert any(result.x_cache == "MISS" for result in results)
     status, headers, body = fetch(proxy, url)
     assert (status, headers["x-cache"], sha256(body)) == (200, "HIT", sha256(data))
     assert asked(origin, "/files/one-5m.tar.gz") == 1
@@ -205,7 +207,11 @@ def test_a_body_cut_midway_cuts_every_waiter_and_stores_nothing(
     url = f"{origin.url}/files/cut-5m.tar.gz"
 
     results = run_together([proxy], url)
-    assert asked(origin, "/files/cut-5m.tar.gz") == 1, proxy.log_tail()
+    # A client the machine's load delays until the broken flight is gone fetches again (no back-off here),
+    # as the owner of a flight of its own: one upstream request per owner, and the others joined.
+    owners = sum(result.detail == "miss" for result in results)
+    assert asked(origin, "/files/cut-5m.tar.gz") == owners, proxy.log_tail()
+    assert any("joined a download in progress" in result.detail for result in results), proxy.log_tail()
     for result in results:
         assert not result.complete_looking, f"a client got {len(result.body)} bytes that looked complete"
         assert result.error is not None or result.status != 200
@@ -213,7 +219,7 @@ def test_a_body_cut_midway_cuts_every_waiter_and_stores_nothing(
     route.cut = None
     status, headers, body = fetch(proxy, url)
     assert (status, headers["x-cache"], sha256(body)) == (200, "MISS", sha256(data)), "a cut body was stored"
-    assert asked(origin, "/files/cut-5m.tar.gz") == 2
+    assert asked(origin, "/files/cut-5m.tar.gz") == owners + 1
 
 
 def test_a_revalidation_cut_midway_serves_every_waiter_the_stale_entry(
