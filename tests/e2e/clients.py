@@ -40,10 +40,20 @@ _OUTCOME = r"\b(HIT|MISS|REVALIDATED|STALE)\b"
 _CACHE_LINE = re.compile(f"{_OUTCOME}.*?{_URL}|{_URL}.*?{_OUTCOME}")
 
 
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free on `host` now that this process has not handed out before: the kernel may give a port
+    that was just closed to the next bind at once, so two calls in a row could otherwise get the same one."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RuntimeError(f"no free port on {host} that was not handed out already")
 
 
 def build_bundle(mitm_ca: Path, dest: Path) -> Path:

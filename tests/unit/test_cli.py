@@ -56,10 +56,20 @@ class StandIn:
 # --- helpers ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now that this process has not handed out before: the kernel may give a port
+    that was just closed to the next bind at once, so two calls in a row could otherwise get the same one."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
+    raise RuntimeError(f"no free port on {host} that was not handed out already")
 
 
 def _script() -> list[str]:
